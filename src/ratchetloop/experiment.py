@@ -1,0 +1,174 @@
+"""The experiment contract: experiment.json as a pydantic model, plus the experiment's own hooks.
+
+An experiment folder owns its rules (prompt.py, security.py, eval.py); this module only
+finds the folder, validates the contract, and imports the hooks from their files.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import RatchetError
+
+Direction = Literal["lower_is_better", "higher_is_better"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Target(Strict):
+    file: str = Field(description="the live candidate file the loop writes")
+    function: str = Field(description="the one function a proposal must define")
+    language: str = "c"
+
+
+class Case(Strict):
+    name: str
+    primary: bool = False
+    enabled: bool = True
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class Acceptance(Strict):
+    """How sure the loop must be before a candidate counts as better."""
+
+    min_effect: float = Field(0.01, ge=0, lt=1, description="smallest relative gain worth keeping")
+    confidence: float = Field(0.99, gt=0.5, lt=1)
+    min_rounds: int = Field(8, ge=3)
+    max_rounds: int = Field(48, ge=3)
+    batch_rounds: int = Field(8, ge=1)
+    max_seconds: float = Field(60.0, gt=0)
+
+    @model_validator(mode="after")
+    def _rounds_ordered(self) -> Acceptance:
+        if self.max_rounds < self.min_rounds:
+            raise ValueError("max_rounds must be >= min_rounds")
+        return self
+
+
+class Experiment(Strict):
+    name: str
+    description: str = ""
+    target: Target
+    naive: str
+    direction: Direction = "lower_is_better"
+    unit: str = "us"
+    cases: list[Case]
+    timeout_seconds: float = Field(300.0, gt=0)
+    toolchain: list[str] = Field(default_factory=list)
+    acceptance: Acceptance = Field(default_factory=Acceptance)
+    knobs: dict[str, list[Any]] = Field(default_factory=dict)
+    template: str | None = Field(None, description="tuner template module (render(knobs) -> source)")
+    hypotheses: list[str] = Field(default_factory=list)
+    prices: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="per-model price override, USD per million tokens"
+    )
+
+    # Filled in by load(); not part of the JSON contract.
+    root: Path = Field(default=Path("."), exclude=True)
+
+    @model_validator(mode="after")
+    def _cases_sane(self) -> Experiment:
+        if not self.cases:
+            raise ValueError("at least one case is required")
+        names = [c.name for c in self.cases]
+        if len(set(names)) != len(names):
+            raise ValueError("case names must be unique")
+        if sum(c.primary for c in self.cases) > 1:
+            raise ValueError("at most one case may be primary")
+        return self
+
+    @property
+    def enabled_cases(self) -> list[Case]:
+        return [c for c in self.cases if c.enabled]
+
+    @property
+    def lower_is_better(self) -> bool:
+        return self.direction == "lower_is_better"
+
+    def path(self, *parts: str) -> Path:
+        return self.root.joinpath(*parts)
+
+    @property
+    def candidate_path(self) -> Path:
+        return self.path(self.target.file)
+
+    @property
+    def naive_path(self) -> Path:
+        return self.path(self.naive)
+
+    def hook(self, name: str) -> ModuleType:
+        """Import prompt.py / security.py / template modules from the experiment folder."""
+        return import_file(self.path(f"{name}.py"), f"ratchet_exp_{self.name}_{name}")
+
+    def build_prompt(self, context: dict[str, Any]) -> str:
+        return str(self.hook("prompt").build(context))
+
+    def security_check(self) -> Callable[[str], list[str]]:
+        return self.hook("security").check
+
+    def check_toolchain(self) -> None:
+        missing = [tool for tool in self.toolchain if shutil.which(tool) is None]
+        if missing:
+            raise RatchetError(
+                f"experiment {self.name!r} needs {', '.join(missing)} on PATH"
+                " (install it, e.g. `apt-get install gcc`)"
+            )
+
+
+def import_file(path: Path, module_name: str) -> ModuleType:
+    if not path.is_file():
+        raise RatchetError(f"missing {path}")
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise RatchetError(f"cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def find_experiment_dir(name_or_path: str, start: Path | None = None) -> Path:
+    """Resolve `linear`, `experiments/linear` or an absolute path to an experiment folder."""
+    candidate = Path(name_or_path)
+    if (candidate / "experiment.json").is_file():
+        return candidate.resolve()
+    here = (start or Path.cwd()).resolve()
+    for base in [here, *here.parents]:
+        folder = base / "experiments" / name_or_path
+        if (folder / "experiment.json").is_file():
+            return folder
+    package_root = Path(__file__).resolve().parents[2] / "experiments" / name_or_path
+    if (package_root / "experiment.json").is_file():
+        return package_root
+    raise RatchetError(
+        f"no experiment {name_or_path!r}: expected experiments/{name_or_path}/experiment.json"
+    )
+
+
+def load(name_or_path: str | Path, start: Path | None = None) -> Experiment:
+    root = find_experiment_dir(str(name_or_path), start)
+    contract = root / "experiment.json"
+    try:
+        data = json.loads(contract.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise RatchetError(f"{contract}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    try:
+        exp = Experiment.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        raise RatchetError(f"{contract}: field {where!r}: {err['msg']}") from None
+    exp.root = root
+    for rel in (exp.naive, "eval.py", "prompt.py", "security.py"):
+        if not exp.path(rel).is_file():
+            raise RatchetError(f"experiment {exp.name!r} is missing {rel} in {root}")
+    return exp

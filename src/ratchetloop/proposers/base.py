@@ -1,0 +1,80 @@
+"""What every proposer returns, and the one method it must have.
+
+A proposer turns a rendered prompt into reply text. It never sees the evaluator, the
+sandbox or the keys of other backends; the loop tells it afterwards how its proposal did
+(`observe`), which the offline tuner uses and language models ignore.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_prompt_tokens: int = 0
+    cache_write_tokens: int = 0
+    cost_usd: float | None = 0.0  # None means "unknown price", never shown as $0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def __add__(self, other: Usage) -> Usage:
+        cost = None if self.cost_usd is None or other.cost_usd is None else (
+            self.cost_usd + other.cost_usd
+        )
+        return Usage(
+            self.prompt_tokens + other.prompt_tokens,
+            self.completion_tokens + other.completion_tokens,
+            self.cached_prompt_tokens + other.cached_prompt_tokens,
+            self.cache_write_tokens + other.cache_write_tokens,
+            cost,
+        )
+
+
+@dataclass
+class Proposal:
+    text: str
+    usage: Usage = field(default_factory=Usage)
+    model: str = ""
+    request: dict[str, Any] | None = None  # what was sent, without headers or keys
+    raw_response: str | None = None  # the backend's raw body, for runs/<n>/
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Feedback:
+    """How a proposal fared, told back to the proposer after evaluation."""
+
+    status: str  # "accepted", "rejected", "failed", "duplicate"
+    score: float | None = None  # overall candidate score in the experiment's unit
+    lower_is_better: bool = True
+    failure_kind: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Proposer(Protocol):
+    name: str  # shown in SCORES.md "Model" column and commit messages
+    is_language_model: bool
+
+    def propose(self, prompt: str) -> Proposal: ...
+
+    def observe(self, proposal: Proposal, feedback: Feedback) -> None: ...
+
+
+class BaseProposer:
+    """Convenience base: language models need not care about feedback."""
+
+    name = "base"
+    is_language_model = True
+
+    def propose(self, prompt: str) -> Proposal:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def observe(self, proposal: Proposal, feedback: Feedback) -> None:
+        return None

@@ -1,0 +1,46 @@
+"""Scripted replies for tests and demos. It is not a model and never claims to be one."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+from ..errors import RatchetError
+from .base import BaseProposer, Feedback, Proposal, Usage
+
+
+class ReplayProposer(BaseProposer):
+    """Answers each prompt with the next scripted reply; runs out with a clear error."""
+
+    is_language_model = False
+
+    def __init__(self, replies: Iterable[str | dict], name: str = "replay") -> None:
+        self.replies = list(replies)
+        self.name = name
+        self.prompts: list[str] = []
+        self.feedback: list[Feedback] = []
+
+    @classmethod
+    def from_file(cls, path: Path) -> ReplayProposer:
+        """A JSON list of replies (strings, or {"text", "usage"} objects)."""
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise RatchetError(f"cannot read replay script {path}: {exc}") from None
+        if not isinstance(data, list):
+            raise RatchetError(f"replay script {path} must be a JSON list of replies")
+        return cls(data, name=f"replay:{Path(path).name}")
+
+    def propose(self, prompt: str) -> Proposal:
+        self.prompts.append(prompt)
+        if not self.replies:
+            raise RatchetError("replay script exhausted: no more scripted replies")
+        reply = self.replies.pop(0)
+        if isinstance(reply, dict):
+            usage = Usage(**reply.get("usage", {}))
+            return Proposal(text=reply["text"], usage=usage, model=self.name)
+        return Proposal(text=reply, usage=Usage(), model=self.name)
+
+    def observe(self, proposal: Proposal, feedback: Feedback) -> None:
+        self.feedback.append(feedback)
