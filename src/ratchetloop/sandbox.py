@@ -24,7 +24,7 @@ ENV_ALLOWLIST = ("PATH", "LANG", "LC_ALL", "TZ", "TMPDIR")
 @dataclass(frozen=True)
 class Limits:
     cpu_seconds: int = 900
-    memory_bytes: int | None = 4 << 30
+    memory_bytes: int | None = None  # RLIMIT_AS breaks ASan; see memory layers below
     file_bytes: int = 256 << 20
     open_files: int = 256
     processes: int = 512
