@@ -10,6 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from ..errors import RatchetError
+
+# A prompt builder may put this line between the stable part of a prompt (experiment text)
+# and the part that changes every iteration; backends with prompt caching cache what comes
+# before it, and every backend removes it before sending.
+CACHE_BREAK = "<!-- ratchet:cache-break -->"
+
 
 @dataclass
 class Usage:
@@ -55,6 +62,27 @@ class Feedback:
     lower_is_better: bool = True
     failure_kind: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+
+
+class ProposalFailed(RatchetError):
+    """One proposal failed in a way the loop records and moves past (retries exhausted,
+    malformed body, timeout). `kind` is a short signature such as "http_500",
+    "malformed_response" or "timeout"; tokens already spent are kept in `usage`."""
+
+    def __init__(
+        self,
+        message: str,
+        kind: str,
+        *,
+        usage: Usage | None = None,
+        request: dict[str, Any] | None = None,
+        raw_response: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.usage = usage or Usage()
+        self.request = request
+        self.raw_response = raw_response
 
 
 @runtime_checkable
