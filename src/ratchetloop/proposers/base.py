@@ -31,8 +31,10 @@ class Usage:
         return self.prompt_tokens + self.completion_tokens
 
     def __add__(self, other: Usage) -> Usage:
-        cost = None if self.cost_usd is None or other.cost_usd is None else (
-            self.cost_usd + other.cost_usd
+        cost = (
+            None
+            if self.cost_usd is None or other.cost_usd is None
+            else (self.cost_usd + other.cost_usd)
         )
         return Usage(
             self.prompt_tokens + other.prompt_tokens,

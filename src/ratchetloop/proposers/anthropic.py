@@ -1,0 +1,193 @@
+"""Anthropic Messages via the official `anthropic` SDK, with prompt caching on.
+
+Caching: the loop's prompts start with the experiment text, which is the same every
+iteration. The prompt is sent as two text blocks, the first (stable) one carrying
+`cache_control: ephemeral`, so later iterations read it from the cache. Where to split:
+1. at a `CACHE_BREAK` marker line, if the prompt builder put one there;
+2. else right after the experiment's EXPERIMENT.md text, if the prompt contains it;
+3. else the prompt goes as one uncached block (no guessing at a prefix that may change
+   every call: a cache write that is never read costs 25% extra).
+Anthropic reports `input_tokens` without the cached parts; `Usage.prompt_tokens` here is
+the whole prompt (input + cache reads + cache writes), as for every other backend.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import anthropic
+
+from ..errors import ProposerError
+from .base import CACHE_BREAK, BaseProposer, Proposal, ProposalFailed, Usage
+from .pricing import price
+from .retry import (
+    RetryPolicy,
+    Transient,
+    about_temperature,
+    one_line,
+    raise_for_status,
+    server_message,
+)
+
+DEFAULT_MAX_TOKENS = 16000  # Messages requires max_tokens; enough for one function + note
+DEFAULT_TIMEOUT = 600.0
+
+
+def split_stable(prompt: str, stable_text: str | None = None) -> tuple[str, str]:
+    """(stable prefix, varying rest) by the rules in the module docstring; ("", prompt)
+    when there is no stable part to cache."""
+    if CACHE_BREAK in prompt:
+        head, _, tail = prompt.partition(CACHE_BREAK)
+        tail = tail.replace(CACHE_BREAK, "")
+        return head, tail.removeprefix("\n")
+    if stable_text and stable_text.strip():
+        at = prompt.find(stable_text.strip())
+        if at >= 0:
+            end = at + len(stable_text.strip())
+            return prompt[:end], prompt[end:]
+    return "", prompt
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _notify_stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+class AnthropicProposer(BaseProposer):
+    """Claude through the Messages API; the stable prompt prefix is cached."""
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        api_key: str | None,
+        base_url: str | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        prices: Mapping[str, Mapping[str, float]] | None = None,
+        stable_text: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        retry: RetryPolicy | None = None,
+        notify: Callable[[str], None] = _notify_stderr,
+    ) -> None:
+        self.model = model
+        self.name = model
+        self.temperature = temperature
+        self.max_tokens = max_tokens or DEFAULT_MAX_TOKENS
+        self.prices = prices or {}
+        self.stable_text = stable_text
+        self.timeout = timeout
+        self.retry = retry or RetryPolicy()
+        self.notify = notify
+        self._key = api_key
+        self.client = anthropic.Anthropic(
+            api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout
+        )
+
+    def build_request(self, prompt: str) -> dict[str, Any]:
+        stable, rest = split_stable(prompt, self.stable_text)
+        content: list[dict[str, Any]] = []
+        if stable:
+            content.append({"type": "text", "text": stable, "cache_control": {"type": "ephemeral"}})
+        if rest or not content:
+            content.append({"type": "text", "text": rest})
+        body: dict[str, Any] = {
+            "model": self.model,
+            "max_tokens": self.max_tokens,
+            "messages": [{"role": "user", "content": content}],
+        }
+        if self.temperature is not None:
+            body["temperature"] = self.temperature
+        return body
+
+    def _send(self, body: dict[str, Any]) -> str:
+        try:
+            raw = self.client.messages.with_raw_response.create(**body)
+        except anthropic.APITimeoutError:
+            raise Transient("timeout", f"{self.name}: no reply within {self.timeout:g}s") from None
+        except anthropic.APIConnectionError:
+            raise Transient(
+                "connection_error", f"{self.name}: cannot connect to {self.client.base_url}"
+            ) from None
+        except anthropic.APIStatusError as exc:
+            if exc.status_code == 400 and "temperature" in body and about_temperature(exc):
+                raise
+            raise_for_status(
+                exc.status_code,
+                exc.response.headers,
+                server_message(exc),
+                backend=self.name,
+                model=self.model,
+                key_var="ANTHROPIC_API_KEY",
+                secrets=(self._key,),
+            )
+            raise  # pragma: no cover
+        return raw.http_response.text
+
+    def propose(self, prompt: str) -> Proposal:
+        body = self.build_request(prompt)
+        try:
+            try:
+                raw_text = self.retry.run(lambda: self._send(body))
+            except anthropic.BadRequestError:
+                self.notify(f"{self.name}: model does not accept temperature; retrying without it")
+                self.temperature = None
+                body.pop("temperature", None)
+                raw_text = self.retry.run(lambda: self._send(body))
+        except anthropic.BadRequestError as exc:
+            raise ProposerError(
+                f"{self.name} refused the request (400): "
+                f"{one_line(server_message(exc), (self._key,))}"
+            ) from None
+        except ProposalFailed as exc:
+            exc.request = body
+            raise
+        return self.parse(raw_text, body)
+
+    def parse(self, raw_text: str, body: dict[str, Any]) -> Proposal:
+        try:
+            data = json.loads(raw_text)
+            if not isinstance(data, dict) or not isinstance(data["content"], list):
+                raise ValueError("no content list")
+            parts = []
+            for block in data["content"]:
+                if block.get("type") == "text":
+                    if not isinstance(block.get("text"), str):
+                        raise TypeError("text block without text")
+                    parts.append(block["text"])
+            raw_usage = data.get("usage") or {}
+            read = _int(raw_usage.get("cache_read_input_tokens"))
+            write = _int(raw_usage.get("cache_creation_input_tokens"))
+            usage = Usage(
+                prompt_tokens=_int(raw_usage.get("input_tokens")) + read + write,
+                completion_tokens=_int(raw_usage.get("output_tokens")),
+                cached_prompt_tokens=read,
+                cache_write_tokens=write,
+            )
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ProposalFailed(
+                f"{self.name}: malformed response ({one_line(str(exc), (self._key,), 120)})",
+                "malformed_response",
+                request=body,
+                raw_response=raw_text,
+            ) from None
+        usage.cost_usd = price(usage, self.model, overrides=self.prices, provider_id="anthropic")
+        text = "".join(parts)
+        meta = {"finish_reason": data.get("stop_reason"), "served_model": data.get("model")}
+        if not text.strip():
+            raise ProposalFailed(
+                f"{self.name}: empty reply ({meta['finish_reason'] or 'no text'})",
+                "empty_response",
+                usage=usage,
+                request=body,
+                raw_response=raw_text,
+            )
+        return Proposal(
+            text=text, usage=usage, model=self.name, request=body, raw_response=raw_text, meta=meta
+        )
