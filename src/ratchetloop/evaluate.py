@@ -22,7 +22,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
 
-from . import sandbox
+from . import benchlock, sandbox
 from .experiment import Acceptance, Experiment
 
 STATE_NAMES = {"SCORES.json", "SCORES.md", "MEMORY.json", "MEMORY.md", "runs", "winners",
@@ -103,12 +103,13 @@ def run_eval(
             seed=seed,
         )
         (work / "request.json").write_text(request.model_dump_json(indent=2), encoding="utf-8")
-        proc = sandbox.run(
-            [sys.executable, "eval.py", "request.json"],
-            cwd=work,
-            timeout=exp.timeout_seconds,
-            env={"PYTHONPATH": str(PACKAGE_SRC)},
-        )
+        with benchlock.bench_lock(exp.name):  # never two benchmarks at once on one host
+            proc = sandbox.run(
+                [sys.executable, "eval.py", "request.json"],
+                cwd=work,
+                timeout=exp.timeout_seconds,
+                env={"PYTHONPATH": str(PACKAGE_SRC)},
+            )
         result = parse_result(proc)
         result.wall_seconds = proc.wall_seconds
         if keep_workdir is not None:
