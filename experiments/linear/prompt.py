@@ -1,0 +1,4 @@
+"""placeholder"""
+
+def build(context: dict) -> str:
+    return ""
