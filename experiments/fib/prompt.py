@@ -1,0 +1,22 @@
+"""What the model sees for the fib demo."""
+
+
+def build(context: dict) -> str:
+    failure = context.get("last_failure")
+    parts = [
+        context["experiment_md"].strip(),
+        "",
+        f"Current best ({context['incumbent_score'] or 'unmeasured'} {context['unit']} per suite"
+        f" round; seed {context['seed_score']} {context['unit']}):",
+        "```python",
+        context["incumbent_source"].strip(),
+        "```",
+        "",
+        context["memory_md"].strip(),
+    ]
+    if failure:
+        parts += ["", f"Your last attempt failed ({failure['kind']}): {failure['message']}",
+                  failure.get("detail", "")[-800:]]
+    parts += ["", "Reply with exactly one ```python block defining `fib`, then one line",
+              "`Note: <what you changed>`. Optionally `Idea: <something worth trying later>`."]
+    return "\n".join(parts) + "\n"

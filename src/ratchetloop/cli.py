@@ -1,0 +1,128 @@
+"""The `ratchet` command: argument handling only; the work lives in the modules it calls."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+from rich.console import Console
+
+from . import experiment as experiment_mod
+from . import scores as scores_mod
+from .display import LiveReporter, history_table, print_summary
+from .errors import RatchetError
+from .loop import Options, run_loop
+from .proposers import registry
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def run_cli_guarded(fn: Callable[[], Any]) -> Any:
+    """Turn user-fixable errors into one line on stderr and exit code 2."""
+    try:
+        return fn()
+    except RatchetError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)
+
+
+class GuardedGroup(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        return run_cli_guarded(lambda: super(GuardedGroup, self).invoke(ctx))
+
+
+@click.group(cls=GuardedGroup)
+@click.version_option(package_name="ratchetloop")
+def main() -> None:
+    """ratchetloop: the model proposes, the evaluator decides, memory keeps the judgment."""
+
+
+@main.command()
+@click.argument("experiment")
+@click.option("--model", "-m", default=None, help="proposer: tuner (default), gpt-..., claude-...,"
+              " ollama:<m>, openai-compatible:<m>@<url>, claude-cli, codex-cli, replay:<file>")
+@click.option("--loop", "iterations", default=10, show_default=True, help="iterations to run")
+@click.option("--temperature", type=float, default=None)
+@click.option("--max-output-tokens", type=int, default=None, help="per reply")
+@click.option("--max-cost", type=float, default=None, help="stop before spending more USD")
+@click.option("--max-tokens", type=int, default=None, help="stop before using more tokens")
+@click.option("--max-minutes", type=float, default=None, help="wall-clock limit")
+@click.option("--patience", type=int, default=None, help="stop after N iterations without a win")
+@click.option("--target", type=float, default=None, help="stop once the best reaches this score")
+def run(experiment: str, model: str | None, iterations: int, temperature: float | None,
+        max_output_tokens: int | None, max_cost: float | None, max_tokens: int | None,
+        max_minutes: float | None, patience: int | None, target: float | None) -> None:
+    """Run the loop on EXPERIMENT (a name under experiments/ or a folder)."""
+    exp = experiment_mod.load(experiment)
+    proposer = registry.resolve(model, exp, temperature=temperature, max_tokens=max_output_tokens)
+    announcement = getattr(proposer, "announcement", None)
+    if announcement:
+        console.print(f"[cyan]{announcement}[/]")
+    options = Options(iterations=iterations, max_cost=max_cost, max_tokens=max_tokens,
+                      max_seconds=max_minutes * 60 if max_minutes else None,
+                      patience=patience, target=target)
+    with LiveReporter(console, exp, proposer.name, iterations) as reporter:
+        summary = run_loop(exp, proposer, options, reporter)
+    print_summary(console, exp, summary)
+
+
+@main.command()
+@click.argument("experiment")
+def seed(experiment: str) -> None:
+    """Reset candidate, SCORES, MEMORY and runs/; keep git history and winners/."""
+    from .seed import reset
+
+    for line in reset(experiment_mod.find_experiment_dir(experiment)):
+        console.print(line)
+
+
+@main.command()
+@click.argument("experiment")
+def scores(experiment: str) -> None:
+    """Print the scoreboard (rendered from SCORES.json)."""
+    exp = experiment_mod.load(experiment)
+    console.print(scores_mod.load(exp.root, exp.name, exp.unit, exp.direction).render(),
+                  markup=False, highlight=False)
+
+
+@main.command()
+@click.argument("experiment")
+@click.option("--last", "-n", default=30, show_default=True)
+def history(experiment: str, last: int) -> None:
+    """Every attempt: status, score, note, failure."""
+    exp = experiment_mod.load(experiment)
+    console.print(history_table(exp, last))
+
+
+@main.command()
+@click.argument("experiment")
+def best(experiment: str) -> None:
+    """Show the best winner's row and source."""
+    from .winners import best_source
+
+    exp = experiment_mod.load(experiment)
+    header, source = best_source(exp)
+    console.print(header, highlight=False)
+    click.echo(source)
+
+
+@main.command()
+@click.argument("experiment")
+@click.argument("commit", required=False)
+def rollback(experiment: str, commit: str | None) -> None:
+    """Restore the candidate file to the best winner (or to COMMIT's archived winner)."""
+    from .winners import rollback as do_rollback
+
+    exp = experiment_mod.load(experiment)
+    console.print(do_rollback(exp, commit), highlight=False)
+
+
+def legacy_main() -> None:
+    """`python loop.py <experiment> --model M --loop N [--temperature T]`, as the reference."""
+    main(["run", *sys.argv[1:]], prog_name="loop.py")

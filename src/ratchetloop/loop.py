@@ -1,0 +1,588 @@
+"""The ratchet: one iteration, top to bottom.
+
+    build prompt -> ask proposer -> extract one function -> skip duplicates -> security
+    -> sandboxed eval (build, adversarial validation, paired timing) -> decide -> record
+    -> commit and archive winners
+
+Every failure of a candidate is a `Rejected` raised by the step that found it, recorded in
+runs/<n>/ and memory, and the loop goes on. Only user-fixable problems (RatchetError) and
+a proposer that cannot work at all (ProposerError) stop the run, with state intact.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from . import evaluate, gitops, measure
+from . import memory as memory_mod
+from . import scores as scores_mod
+from .errors import RatchetError
+from .experiment import Experiment
+from .extract import Extracted, ExtractionError, extract, fingerprint
+from .files import atomic_write_text
+from .lock import experiment_lock
+from .memory import Memory, Worked
+from .proposers.base import Feedback, Proposal, ProposalFailed, Proposer, Usage
+from .runs import RunRecord, last_iteration
+from .scores import Row, Scores
+
+
+@dataclass
+class Options:
+    iterations: int = 10
+    max_cost: float | None = None  # USD
+    max_tokens: int | None = None
+    max_seconds: float | None = None
+    patience: int | None = None  # stop after this many iterations without an accept
+    target: float | None = None  # stop once the best score reaches this
+    drift_every: int = 10  # re-measure best against seed every N iterations (0 = never)
+
+
+@dataclass
+class Outcome:
+    iteration: int
+    status: str  # accepted_best, accepted_nonbest, rejected, failed, duplicate
+    note: str = ""
+    failure_kind: str | None = None
+    message: str = ""
+    score: float | None = None
+    ratio: float | None = None
+    ci: tuple[float, float] | None = None
+    commit: str | None = None
+    cases_won: list[str] = field(default_factory=list)
+    usage: Usage = field(default_factory=Usage)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def accepted(self) -> bool:
+        return self.status.startswith("accepted")
+
+
+@dataclass
+class Summary:
+    experiment: str
+    proposer: str
+    outcomes: list[Outcome] = field(default_factory=list)
+    stop_reason: str = ""
+    best: Row | None = None
+    seed: Row | None = None
+    usage: scores_mod.UsageTotals | None = None
+
+
+class Rejected(Exception):
+    """A candidate stopped at some step; carries what memory needs to learn from it."""
+
+    def __init__(self, status: str, kind: str, message: str, detail: str = "",
+                 score: float | None = None, ratio: float | None = None) -> None:
+        super().__init__(message)
+        self.status, self.kind, self.message, self.detail = status, kind, message, detail
+        self.score, self.ratio = score, ratio
+
+
+class Reporter(Protocol):
+    def phase(self, iteration: int, name: str) -> None: ...
+    def outcome(self, outcome: Outcome, scores: Scores) -> None: ...
+    def message(self, text: str) -> None: ...
+
+
+class QuietReporter:
+    def phase(self, iteration: int, name: str) -> None: ...
+    def outcome(self, outcome: Outcome, scores: Scores) -> None: ...
+    def message(self, text: str) -> None: ...
+
+
+@dataclass
+class Decision:
+    is_best: bool
+    cases_won: list[str]
+    overall: measure.Comparison
+    per_case: dict[str, measure.Comparison]
+    score: float
+    case_scores: dict[str, float]
+
+
+@dataclass
+class Session:
+    """Everything one run holds: the contract, the state, the proposer."""
+
+    exp: Experiment
+    repo: Path
+    proposer: Proposer
+    options: Options
+    reporter: Reporter
+    scores: Scores
+    memory: Memory
+    last_failure: dict[str, str] | None = None
+    since_accept: int = 0
+    last_usage: Usage | None = None  # estimate of the next request, for budgets
+    started: float = field(default_factory=time.monotonic)
+    now: Callable[[], str] = field(default=lambda: time.strftime("%Y-%m-%d %H:%M:%S"))
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def run_loop(exp: Experiment, proposer: Proposer, options: Options,
+             reporter: Reporter | None = None) -> Summary:
+    exp.check_toolchain()
+    repo = gitops.repo_root(exp.root)
+    gitops.check_branch(repo)
+    with experiment_lock(exp.root):
+        s = load_session(exp, repo, proposer, options, reporter or QuietReporter())
+        summary = Summary(experiment=exp.name, proposer=proposer.name)
+        try:
+            ensure_seeded(s)
+            for _ in range(options.iterations):
+                reason = stop_reason(s)
+                if reason:
+                    summary.stop_reason = reason
+                    break
+                iteration = max(s.scores.last_iteration, last_iteration(exp.root)) + 1
+                summary.outcomes.append(iterate(s, iteration))
+                maybe_check_drift(s, iteration)
+            else:
+                summary.stop_reason = f"completed {options.iterations} iterations"
+        except KeyboardInterrupt:
+            summary.stop_reason = "interrupted (Ctrl-C); state saved"
+        except RatchetError as exc:
+            if getattr(exc, "stop_quietly", False):
+                summary.stop_reason = str(exc)
+            else:
+                raise
+        summary.best, summary.seed, summary.usage = s.scores.best, s.scores.seed, s.scores.usage
+        return summary
+
+
+def iterate(s: Session, n: int) -> Outcome:
+    """One attempt: every step is a function below, in this order."""
+    run = RunRecord(s.exp.root, n)
+    clock = time.monotonic()
+    s.scores.last_iteration = n
+    prompt = build_prompt(s, n, run)
+    outcome = Outcome(iteration=n, status="failed")
+    proposal: Proposal | None = None
+    result: evaluate.EvalResult | None = None
+    try:
+        proposal = ask_proposer(s, n, prompt, run)
+        outcome.usage = proposal.usage
+        candidate = extract_candidate(s, proposal, run)
+        outcome.note = candidate.note
+        skip_duplicate(s, candidate)
+        check_security(s, n, candidate, run)
+        result = evaluate_candidate(s, n, candidate, run)
+        decision = decide(s, result, run)
+        outcome = accept_or_reject(s, n, candidate, proposal, decision, outcome)
+    except Rejected as r:
+        outcome.status, outcome.failure_kind, outcome.message = r.status, r.kind, r.message
+        outcome.score, outcome.ratio = r.score, r.ratio
+        learn_from_rejection(s, n, outcome, r)
+    outcome.seconds["total"] = time.monotonic() - clock
+    record_attempt(s, n, outcome, proposal, run)
+    tell_proposer(s, proposal, outcome, result)
+    s.reporter.outcome(outcome, s.scores)
+    return outcome
+
+
+# --------------------------------------------------------------------------- steps
+
+
+def load_session(exp: Experiment, repo: Path, proposer: Proposer, options: Options,
+                 reporter: Reporter) -> Session:
+    """Step 1: contract and state, reconciled with git so no accepted winner is lost."""
+    scores = scores_mod.load(exp.root, exp.name, exp.unit, exp.direction)
+    memory = memory_mod.load(exp.root)
+    memory.add_hypotheses(exp.hypotheses)
+    s = Session(exp=exp, repo=repo, proposer=proposer, options=options, reporter=reporter,
+                scores=scores, memory=memory)
+    reconcile_with_git(s)
+    return s
+
+
+def reconcile_with_git(s: Session) -> None:
+    """Winners committed by a run that died before recording them are restored from git."""
+    known = {r.commit for r in s.scores.rows}
+    restored = 0
+    for sha, row_data in gitops.accept_commits(s.repo, s.exp.name, s.exp.root):
+        if sha in known:
+            continue
+        specialists = row_data.pop("specialists_after", None)
+        row = Row.model_validate({**row_data, "commit": sha})
+        s.scores.rows.append(row)
+        if row.kind == "best":
+            s.scores.best_commit = sha
+        if isinstance(specialists, dict):
+            s.scores.specialists = specialists
+        archive_winner(s, sha, gitops.show_file(s.repo, sha, s.exp.candidate_path) or "",
+                       row.note)
+        s.scores.last_iteration = max(s.scores.last_iteration, row.iteration)
+        restored += 1
+    if restored:
+        s.reporter.message(f"restored {restored} accepted winner(s) from git history")
+        save_state(s)
+
+
+def ensure_seeded(s: Session) -> None:
+    """Measure the seed once: it is the baseline every winner is compared with."""
+    if s.scores.seed is not None:
+        return
+    s.reporter.phase(0, "measuring seed baseline")
+    naive = s.exp.naive_path.read_text(encoding="utf-8")
+    result = evaluate.run_eval(s.exp, naive, {}, seed=0)
+    if not result.ok or not result.samples:
+        f = result.failure
+        raise RatchetError(
+            f"the seed {s.exp.naive} failed its own evaluation"
+            f" ({f.kind}: {f.message})" if f else "the seed produced no samples"
+        )
+    cases = {c: v["candidate"] for c, v in result.samples.items()}
+    s.scores.seed = Row(
+        timestamp=s.now(), model="seed", kind="seed", commit="seed",
+        score=median(measure.suite_totals(cases)),
+        case_scores={c: median(v) for c, v in cases.items()},
+        note="naive seed",
+    )
+    s.memory.seen[fingerprint(naive, s.exp.target.language)] = "seed"
+    save_state(s)
+
+
+def stop_reason(s: Session) -> str:
+    o, sc = s.options, s.scores
+    if o.max_seconds is not None and time.monotonic() - s.started >= o.max_seconds:
+        return f"wall-clock limit of {o.max_seconds:.0f}s reached"
+    if o.patience is not None and s.since_accept >= o.patience:
+        return f"no improvement in {o.patience} iterations"
+    best = sc.best
+    if o.target is not None and best is not None:
+        reached = best.score <= o.target if s.exp.lower_is_better else best.score >= o.target
+        if reached:
+            return f"target {o.target} {s.exp.unit} reached"
+    last = s.last_usage
+    if o.max_tokens is not None:
+        estimate = last.total_tokens if last else 0
+        if sc.usage.total_tokens + estimate > o.max_tokens:
+            return f"token budget {o.max_tokens} would be exceeded by the next request"
+    if o.max_cost is not None:
+        estimate = (last.cost_usd or 0.0) if last else 0.0
+        if sc.usage.cost_usd + estimate > o.max_cost:
+            return f"cost budget ${o.max_cost:.4f} would be exceeded by the next request"
+    return ""
+
+
+def build_prompt(s: Session, n: int, run: RunRecord) -> str:
+    """Step 2: the experiment's prompt.py decides what the model sees."""
+    s.reporter.phase(n, "building prompt")
+    best = s.scores.best
+    context: dict[str, Any] = {
+        "experiment": s.exp,
+        "experiment_md": _read(s.exp.path("EXPERIMENT.md")),
+        "target_function": s.exp.target.function,
+        "language": s.exp.target.language,
+        "naive_source": s.exp.naive_path.read_text(encoding="utf-8"),
+        "incumbent_source": incumbent_source(s, s.scores.best_commit),
+        "incumbent_score": best.score if best else None,
+        "seed_score": s.scores.seed.score if s.scores.seed else None,
+        "unit": s.exp.unit,
+        "specialists": [
+            {"case": case, "score": row.case_scores.get(case), "source": incumbent_source(s, c)}
+            for case, c in sorted(s.scores.specialists.items())
+            if (row := s.scores.row(c)) is not None
+        ],
+        "memory_md": s.memory.render(),
+        "last_failure": s.last_failure,
+        "iteration": n,
+        "cases": [{"name": c.name, "params": c.params} for c in s.exp.enabled_cases],
+    }
+    prompt = s.exp.build_prompt(context)
+    run.text("prompt.md", prompt)
+    return prompt
+
+
+def ask_proposer(s: Session, n: int, prompt: str, run: RunRecord) -> Proposal:
+    """Step 3: text plus token usage; a failed request is a recorded attempt."""
+    s.reporter.phase(n, f"asking {s.proposer.name}")
+    start = time.monotonic()
+    try:
+        proposal = s.proposer.propose(prompt)
+    except ProposalFailed as exc:
+        s.scores.usage.add(exc.usage)
+        run.json("request.json", exc.request or {})
+        run.text("response.txt", exc.raw_response or "")
+        raise Rejected("failed", exc.kind, str(exc)) from None
+    s.last_usage = proposal.usage
+    s.scores.usage.add(proposal.usage)
+    run.json("request.json", proposal.request or {"model": proposal.model})
+    if proposal.raw_response is not None:
+        run.text("response.txt", proposal.raw_response)
+    run.text("reply.md", proposal.text)
+    run.json("usage.json", {**asdict(proposal.usage), "seconds": time.monotonic() - start})
+    return proposal
+
+
+def extract_candidate(s: Session, proposal: Proposal, run: RunRecord) -> Extracted:
+    """Step 4: exactly one function named as the target, and its one-line note."""
+    try:
+        candidate = extract(proposal.text, s.exp.target.function, s.exp.target.language)
+    except ExtractionError as exc:
+        raise Rejected("failed", exc.kind, exc.message) from None
+    run.text(f"candidate{Path(s.exp.target.file).suffix}", candidate.source)
+    run.text("note.txt", candidate.note + "\n")
+    s.memory.add_ideas(candidate.ideas)
+    return candidate
+
+
+def skip_duplicate(s: Session, candidate: Extracted) -> None:
+    """Step 5: code already evaluated (or already known to fail) is not evaluated again."""
+    seen = s.memory.seen.get(candidate.fingerprint)
+    if seen is not None:
+        s.memory.duplicates += 1
+        raise Rejected("duplicate", "duplicate", f"same code as an earlier attempt ({seen})")
+
+
+def check_security(s: Session, n: int, candidate: Extracted, run: RunRecord) -> None:
+    """Step 6: the experiment's security.py; a rejected candidate never compiles or runs."""
+    s.reporter.phase(n, "security check")
+    reasons = list(s.exp.security_check()(candidate.source))
+    run.json("security.json", {"ok": not reasons, "reasons": reasons})
+    if reasons:
+        raise Rejected("failed", "security", "; ".join(reasons))
+
+
+def evaluate_candidate(s: Session, n: int, candidate: Extracted,
+                       run: RunRecord) -> evaluate.EvalResult:
+    """Step 7: eval.py in the sandbox: build, adversarial validation, paired timing."""
+    s.reporter.phase(n, "evaluating (build, validate, time)")
+    references = reference_sources(s)
+    result = evaluate.run_eval(s.exp, candidate.source, references, seed=n,
+                               keep_workdir=run.path)
+    run.json("result.json", result)
+    for name, log in result.logs.items():
+        run.text(f"{name}.log", log)
+    if not result.ok:
+        f = result.failure or evaluate.Failure(kind="harness_error", message="no failure given")
+        raise Rejected("failed", f.kind, f.message, f.detail)
+    return result
+
+
+def decide(s: Session, result: evaluate.EvalResult, run: RunRecord) -> Decision:
+    """Step 8: best winner, case specialist (accepted nonbest), or rejected."""
+    acc, lower = s.exp.acceptance, s.exp.lower_is_better
+    samples = result.samples
+    cand = {c: v["candidate"] for c, v in samples.items()}
+    best_ref = ref_name(s, s.scores.best_commit)
+    overall = measure.compare(measure.suite_totals(cand),
+                              measure.suite_totals({c: v[best_ref] for c, v in samples.items()}),
+                              acc, lower)
+    per_case = {
+        c: measure.compare(v["candidate"], v[ref_name(s, s.scores.holder(c))], acc, lower)
+        for c, v in samples.items()
+    }
+    is_best = overall.verdict == "better"
+    won = [c for c, cmp in per_case.items() if cmp.verdict == "better"]
+    decision = Decision(is_best=is_best, cases_won=won, overall=overall, per_case=per_case,
+                        score=median(measure.suite_totals(cand)),
+                        case_scores={c: median(v) for c, v in cand.items()})
+    run.json("decision.json", {
+        "is_best": is_best, "cases_won": won, "overall": overall.to_dict(),
+        "per_case": {c: cmp.to_dict() for c, cmp in per_case.items()},
+        "rule": "accept when the paired log-ratio CI excludes no-change and the gain is"
+                f" at least {acc.min_effect:.1%} at {acc.confidence:.0%} confidence",
+    })
+    if not is_best and not won:
+        raise Rejected("rejected", "not_better",
+                       f"not proven better: x{overall.speedup:.3f} ({overall.verdict})",
+                       score=decision.score, ratio=overall.ratio)
+    return decision
+
+
+def accept_or_reject(s: Session, n: int, candidate: Extracted, proposal: Proposal,
+                     decision: Decision, outcome: Outcome) -> Outcome:
+    """Steps 9-10 for a winner: commit, archive by commit hash, update scores and memory."""
+    s.reporter.phase(n, "committing winner")
+    exp, sc = s.exp, s.scores
+    kind = "best" if decision.is_best else "nonbest"
+    ratio = decision.overall.ratio if decision.is_best else (
+        decision.per_case[decision.cases_won[0]].ratio)
+    ci_cmp = decision.overall if decision.is_best else decision.per_case[decision.cases_won[0]]
+    specialists = new_specialists(s, decision)
+    row = Row(timestamp=s.now(), model=proposal.model or s.proposer.name, kind=kind,
+              score=decision.score, case_scores=decision.case_scores, commit="pending",
+              note=candidate.note, iteration=n, ratio=ratio,
+              ci=(ci_cmp.ci_low, ci_cmp.ci_high),
+              cases_won=[c for c in decision.cases_won if specialists.get(c) == "pending"])
+    sha = commit_winner(s, candidate, row, specialists)
+    row.commit = sha
+    sc.rows.append(row)
+    if decision.is_best:
+        sc.best_commit = sha
+    sc.specialists = {c: (sha if v == "pending" else v) for c, v in specialists.items()}
+    archive_winner(s, sha, candidate.source, candidate.note)
+    s.memory.record_worked(Worked(iteration=n, model=row.model, note=candidate.note, kind=kind,
+                                  speedup=1 / ratio if exp.lower_is_better else ratio,
+                                  score=row.score, cases=row.cases_won, commit=sha))
+    s.memory.seen[candidate.fingerprint] = f"accepted {sha}"
+    s.memory.mark_tried(candidate.note)
+    s.since_accept = 0
+    s.last_failure = None
+    sc.counts.accepted += 1
+    save_state(s)
+    gitops.commit_paths(s.repo, state_paths(s) + [exp.path("winners", sha)],
+                        f"Record {exp.name} winner {sha} in scores, memory and winners/")
+    outcome.status = f"accepted_{kind}"
+    outcome.score, outcome.ratio, outcome.commit = decision.score, ratio, sha
+    outcome.ci, outcome.cases_won = row.ci, row.cases_won
+    return outcome
+
+
+def new_specialists(s: Session, d: Decision) -> dict[str, str]:
+    """Per-case holders after this acceptance ("pending" marks the candidate itself)."""
+    sc = s.scores
+    result = dict(sc.specialists)
+    for case, cmp in d.per_case.items():
+        holder = sc.holder(case)
+        if case in d.cases_won:
+            result[case] = "pending"
+        elif d.is_best and holder == sc.best_commit and cmp.verdict == "worse" and holder:
+            result[case] = holder  # the old best stays the better choice for this case
+    if d.is_best:
+        result = {c: v for c, v in result.items() if v != "pending"}
+    return result
+
+
+def commit_winner(s: Session, candidate: Extracted, row: Row,
+                  specialists: dict[str, str]) -> str:
+    exp = s.exp
+    atomic_write_text(exp.candidate_path, candidate.source)
+    label = "winner" if row.kind == "best" else "nonbest winner"
+    trailer = row.model_dump(mode="json", exclude={"commit"})
+    trailer["specialists_after"] = specialists
+    message = (
+        f"Accept {exp.name} {label} from {row.model} at {row.score:.2f}{exp.unit}\n\n"
+        f"{candidate.note}\n\n"
+        f"Ratchet-Experiment: {exp.name}\n"
+        f"Ratchet-Row: {json.dumps(trailer, separators=(',', ':'))}\n"
+    )
+    return gitops.commit_paths(s.repo, [exp.candidate_path], message)
+
+
+def archive_winner(s: Session, sha: str, source: str, note: str) -> None:
+    folder = s.exp.path("winners", sha)
+    atomic_write_text(folder / Path(s.exp.target.file).name, source)
+    atomic_write_text(folder / "note.txt", note + "\n")
+
+
+def learn_from_rejection(s: Session, n: int, outcome: Outcome, r: Rejected) -> None:
+    if r.status == "duplicate":
+        s.scores.counts.duplicates += 1
+    elif r.status == "rejected":
+        s.scores.counts.rejected += 1
+        speedup = (1 / r.ratio if s.exp.lower_is_better else r.ratio) if r.ratio else None
+        s.memory.record_tried(n, outcome.note or "no note", speedup)
+        s.memory.mark_tried(outcome.note)
+    else:
+        s.scores.counts.failed += 1
+        s.memory.record_failure(n, r.kind, r.message, r.detail, outcome.note)
+        s.last_failure = {"kind": r.kind, "message": r.message, "detail": r.detail[-2000:]}
+    s.since_accept += 1
+
+
+def record_attempt(s: Session, n: int, outcome: Outcome, proposal: Proposal | None,
+                   run: RunRecord) -> None:
+    """Step 9: runs/<n>/attempt.json, then SCORES and MEMORY (each write atomic)."""
+    source = _read(run.path / f"candidate{Path(s.exp.target.file).suffix}")
+    if source and outcome.status != "duplicate":
+        label = outcome.failure_kind if outcome.status == "failed" else outcome.status
+        s.memory.seen.setdefault(fingerprint(source, s.exp.target.language), label or "")
+    s.scores.counts.attempts += 1
+    data = asdict(outcome)
+    data["model"] = proposal.model if proposal else s.proposer.name
+    data["timestamp"] = s.now()
+    data["meta"] = proposal.meta if proposal else {}
+    run.json("attempt.json", data)
+    save_state(s)
+
+
+def tell_proposer(s: Session, proposal: Proposal | None, outcome: Outcome,
+                  result: evaluate.EvalResult | None) -> None:
+    if proposal is None:
+        return
+    s.proposer.observe(proposal, Feedback(status=outcome.status, score=outcome.score,
+                                          lower_is_better=s.exp.lower_is_better,
+                                          failure_kind=outcome.failure_kind))
+
+
+def maybe_check_drift(s: Session, n: int) -> None:
+    """Re-measure the best against the seed now and then, so slow drift shows on SCORES.md."""
+    every = s.options.drift_every
+    if not every or n % every or not s.scores.best_commit:
+        return
+    s.reporter.phase(n, "re-measuring best against seed")
+    naive = s.exp.naive_path.read_text(encoding="utf-8")
+    result = evaluate.run_eval(s.exp, incumbent_source(s, s.scores.best_commit),
+                               {"seed": naive}, validate=False, seed=n)
+    if not result.ok:
+        return
+    cand = {c: v["candidate"] for c, v in result.samples.items()}
+    ref = {c: v["seed"] for c, v in result.samples.items()}
+    cmp = measure.compare(measure.suite_totals(cand), measure.suite_totals(ref),
+                          s.exp.acceptance, s.exp.lower_is_better)
+    s.scores.drift.append(scores_mod.Drift(iteration=n, timestamp=s.now(), ratio=cmp.ratio,
+                                           ci=(cmp.ci_low, cmp.ci_high)))
+    s.scores.drift = s.scores.drift[-20:]
+    save_state(s)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def ref_name(s: Session, commit: str | None) -> str:
+    return "best" if commit in (None, s.scores.best_commit) else f"holder_{commit}"
+
+
+def reference_sources(s: Session) -> dict[str, str]:
+    """The incumbent best plus each distinct per-case specialist, timed alongside."""
+    refs = {"best": incumbent_source(s, s.scores.best_commit)}
+    for commit in sorted(set(s.scores.specialists.values())):
+        if commit != s.scores.best_commit:
+            refs[ref_name(s, commit)] = incumbent_source(s, commit)
+    return refs
+
+
+def incumbent_source(s: Session, commit: str | None) -> str:
+    if commit in (None, "seed"):
+        return s.exp.naive_path.read_text(encoding="utf-8")
+    archived = s.exp.path("winners", commit, Path(s.exp.target.file).name)
+    if archived.is_file():
+        return archived.read_text(encoding="utf-8")
+    from_git = gitops.show_file(s.repo, commit, s.exp.candidate_path)
+    if from_git is None:
+        raise RatchetError(f"winner {commit} is neither in winners/ nor in git history")
+    return from_git
+
+
+def state_paths(s: Session) -> list[Path]:
+    return [s.exp.path(n) for n in ("SCORES.json", "SCORES.md", "MEMORY.json", "MEMORY.md")]
+
+
+def save_state(s: Session) -> None:
+    scores_mod.save(s.exp.root, s.scores)
+    memory_mod.save(s.exp.root, s.memory)
+
+
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError:
+        return ""

@@ -1,0 +1,116 @@
+"""The embedded default proposer: an offline knob search, not a language model.
+
+It asks Optuna (TPE, ask/tell) for a combination of the knobs an experiment declares,
+renders the experiment's template with it, and answers in the same format a model would,
+so the reply goes through the very same pipeline: extraction, dedup, security, sandboxed
+evaluation, statistics, memory and git. Past attempts on disk warm-start the search.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import optuna
+
+from ..errors import RatchetError
+from ..experiment import Experiment, import_file
+from ..runs import attempts
+from .base import BaseProposer, Feedback, Proposal, Usage
+
+optuna.logging.set_verbosity(logging.WARNING)
+
+
+class TunerExhausted(RatchetError):
+    """Every knob combination has been tried: the run ends normally, with its summary."""
+
+    stop_quietly = True
+
+
+class TunerProposer(BaseProposer):
+    name = "tuner"
+    is_language_model = False
+    announcement = ("tuner: an offline search over the experiment's declared knobs"
+                    " (Optuna TPE) - not a language model; no key, no tokens, no cost")
+
+    def __init__(self, experiment: Experiment, seed: int = 0) -> None:
+        if not experiment.knobs or not experiment.template:
+            raise RatchetError(
+                f"experiment {experiment.name!r} declares no tuner knobs/template;"
+                " pass --model to use a language model"
+            )
+        self.experiment = experiment
+        self.template = import_file(experiment.path(experiment.template),
+                                    f"ratchet_tuner_{experiment.name}")
+        self.space = {
+            name: optuna.distributions.CategoricalDistribution(tuple(values))
+            for name, values in experiment.knobs.items()
+        }
+        self.size = 1
+        for values in experiment.knobs.values():
+            self.size *= len(values)
+        direction = "minimize" if experiment.lower_is_better else "maximize"
+        sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=4)
+        self.study = optuna.create_study(direction=direction, sampler=sampler)
+        self.tried: dict[str, float | None] = {}
+        self.pending: dict[int, optuna.trial.Trial] = {}
+        self._warm_start()
+
+    def _key(self, params: dict[str, Any]) -> str:
+        return json.dumps(params, sort_keys=True)
+
+    def _warm_start(self) -> None:
+        """Teach the study what earlier runs of this experiment measured."""
+        for a in attempts(self.experiment.root):
+            params = (a.get("meta") or {}).get("knobs")
+            if not isinstance(params, dict) or set(params) != set(self.space):
+                continue
+            if any(params[k] not in self.experiment.knobs[k] for k in params):
+                continue
+            score = a.get("score")
+            self._tell_known(params, score if isinstance(score, int | float) else None)
+
+    def _tell_known(self, params: dict[str, Any], score: float | None) -> None:
+        key = self._key(params)
+        if key in self.tried:
+            return
+        self.tried[key] = score
+        state = optuna.trial.TrialState.COMPLETE if score is not None else (
+            optuna.trial.TrialState.FAIL)
+        self.study.add_trial(optuna.trial.create_trial(
+            params=params, distributions=self.space, value=score, state=state))
+
+    def propose(self, prompt: str) -> Proposal:
+        for _ in range(200):
+            if len(self.tried) >= self.size:
+                break
+            trial = self.study.ask(self.space)
+            key = self._key(trial.params)
+            if key in self.tried:
+                known = self.tried[key]
+                if known is None:
+                    self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                else:
+                    self.study.tell(trial, known)
+                continue
+            self.tried[key] = None
+            self.pending[trial.number] = trial
+            source = self.template.render(dict(trial.params))
+            knobs = ", ".join(f"{k}={v}" for k, v in trial.params.items())
+            text = f"```{self.experiment.target.language}\n{source.rstrip()}\n```\nNote: {knobs}\n"
+            return Proposal(text=text, usage=Usage(), model=self.name,
+                            meta={"knobs": dict(trial.params), "trial": trial.number})
+        raise TunerExhausted(
+            f"tuner has tried all {self.size} knob combinations of {self.experiment.name}")
+
+    def observe(self, proposal: Proposal, feedback: Feedback) -> None:
+        trial = self.pending.pop(proposal.meta.get("trial", -1), None)
+        if trial is None:
+            return
+        key = self._key(trial.params)
+        if feedback.score is None:
+            self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        else:
+            self.tried[key] = feedback.score
+            self.study.tell(trial, feedback.score)

@@ -1,0 +1,50 @@
+"""runs/<n>/: every attempt's full chain of cause and effect, one atomic file at a time."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from .files import atomic_write_json, atomic_write_text
+
+
+class RunRecord:
+    """Writes the files of one attempt into runs/<n>/ as each step produces them."""
+
+    def __init__(self, folder: Path, iteration: int) -> None:
+        self.iteration = iteration
+        self.path = folder / "runs" / f"{iteration:04d}"
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    def text(self, name: str, content: str) -> None:
+        atomic_write_text(self.path / name, content)
+
+    def json(self, name: str, data: Any) -> None:
+        atomic_write_json(self.path / name, data)
+
+
+def last_iteration(folder: Path) -> int:
+    """Highest attempt number on disk, so numbering survives a crash between state writes."""
+    runs = folder / "runs"
+    if not runs.is_dir():
+        return 0
+    numbers = [int(p.name) for p in runs.iterdir() if re.fullmatch(r"\d+", p.name)]
+    return max(numbers, default=0)
+
+
+def attempts(folder: Path) -> list[dict[str, Any]]:
+    """All attempt summaries, oldest first (unreadable ones skipped)."""
+    out = []
+    runs = folder / "runs"
+    if not runs.is_dir():
+        return out
+    for sub in sorted(runs.iterdir()):
+        summary = sub / "attempt.json"
+        if summary.is_file():
+            try:
+                out.append(json.loads(summary.read_text(encoding="utf-8")))
+            except (OSError, json.JSONDecodeError):
+                continue
+    return out

@@ -1,0 +1,198 @@
+"""SCORES.json (source of truth for results and usage) and SCORES.md rendered from scratch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+from .files import atomic_write_json, atomic_write_text, read_model
+from .proposers.base import Usage
+
+
+class Row(BaseModel):
+    """One accepted result: the seed, a best winner, or an accepted nonbest (specialist)."""
+
+    timestamp: str
+    model: str
+    kind: str  # "seed", "best", "nonbest"
+    score: float  # overall median in the experiment's unit
+    case_scores: dict[str, float] = Field(default_factory=dict)
+    commit: str  # "seed" for the baseline
+    note: str
+    iteration: int = 0
+    ratio: float | None = None  # candidate / incumbent it beat (overall, or its case)
+    ci: tuple[float, float] | None = None
+    cases_won: list[str] = Field(default_factory=list)  # cases it holds as specialist
+
+
+class UsageTotals(BaseModel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_prompt_tokens: int = 0
+    cache_write_tokens: int = 0
+    cost_usd: float = 0.0  # known part
+    unpriced_requests: int = 0  # requests whose price is unknown
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def add(self, usage: Usage) -> None:
+        self.prompt_tokens += usage.prompt_tokens
+        self.completion_tokens += usage.completion_tokens
+        self.cached_prompt_tokens += usage.cached_prompt_tokens
+        self.cache_write_tokens += usage.cache_write_tokens
+        if usage.cost_usd is None:
+            self.unpriced_requests += 1
+        else:
+            self.cost_usd += usage.cost_usd
+
+    def cost_text(self) -> str:
+        if self.unpriced_requests and not self.cost_usd:
+            return "unknown"
+        text = f"${self.cost_usd:.6f}"
+        if self.unpriced_requests:
+            text += f" + unknown ({self.unpriced_requests} unpriced requests)"
+        return text
+
+
+class Counts(BaseModel):
+    attempts: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    failed: int = 0
+    duplicates: int = 0
+
+
+class Drift(BaseModel):
+    iteration: int
+    timestamp: str
+    ratio: float  # best / seed measured now
+    ci: tuple[float, float] | None = None
+
+
+class Scores(BaseModel):
+    experiment: str
+    unit: str
+    direction: str
+    seed: Row | None = None
+    rows: list[Row] = Field(default_factory=list)  # accepted winners, in acceptance order
+    best_commit: str | None = None
+    specialists: dict[str, str] = Field(default_factory=dict)  # case -> commit holding it
+    usage: UsageTotals = Field(default_factory=UsageTotals)
+    counts: Counts = Field(default_factory=Counts)
+    last_iteration: int = 0
+    drift: list[Drift] = Field(default_factory=list)
+
+    def row(self, commit: str) -> Row | None:
+        if self.seed and commit == self.seed.commit:
+            return self.seed
+        return next((r for r in self.rows if r.commit == commit), None)
+
+    @property
+    def best(self) -> Row | None:
+        return self.row(self.best_commit) if self.best_commit else self.seed
+
+    def holder(self, case: str) -> str | None:
+        """Commit holding a case: its specialist, else the overall best."""
+        return self.specialists.get(case, self.best_commit)
+
+    def render(self) -> str:
+        return render(self)
+
+
+def _better_first(scores: Scores) -> bool:
+    return scores.direction == "lower_is_better"
+
+
+def _fmt(value: float | None, unit: str) -> str:
+    return "n/a" if value is None else f"{value:.2f} ({unit})"
+
+
+def _win(seed: float | None, score: float, lower: bool) -> str:
+    if not seed or not score:
+        return "n/a"
+    return f"x{(seed / score) if lower else (score / seed):.3f}"
+
+
+def render(scores: Scores) -> str:
+    """Deterministic: the same SCORES.json always renders the same SCORES.md."""
+    lower = _better_first(scores)
+    unit = scores.unit
+    seed = scores.seed.score if scores.seed else None
+    best = scores.best
+    u = scores.usage
+    lines = [f"# {scores.experiment} scoreboard", ""]
+    lines.append(f"- current best median: {_fmt(best.score if best else None, unit)}"
+                 + (f" (commit {best.commit})" if best and best.kind != "seed" else ""))
+    lines.append(f"- seed baseline: {_fmt(seed, unit)}")
+    for case, commit in sorted(scores.specialists.items()):
+        row = scores.row(commit)
+        if row and case in row.case_scores:
+            lines.append(f"- best {case} specialist: {_fmt(row.case_scores[case], unit)}"
+                         f" (commit {commit})")
+    lines.append(
+        f"- cumulative usage: {u.total_tokens} total tokens (prompt {u.prompt_tokens},"
+        f" completion {u.completion_tokens}, cached prompt {u.cached_prompt_tokens}),"
+        f" estimated cost {u.cost_text()}"
+    )
+    c = scores.counts
+    lines.append(f"- attempts: {c.attempts} (accepted {c.accepted}, rejected {c.rejected},"
+                 f" failed {c.failed}, duplicates skipped {c.duplicates})")
+    if scores.drift:
+        d = scores.drift[-1]
+        lines.append(f"- drift check (iteration {d.iteration}): best/seed measured now"
+                     f" x{1 / d.ratio if lower else d.ratio:.3f}")
+    lines += ["", "| Timestamp | Model | Median | Seed | Win | Commit | Notes |",
+              "|---|---|---|---|---|---|---|"]
+    ordered = sorted(scores.rows, key=lambda r: (r.score if lower else -r.score, r.iteration))
+    for r in ordered:
+        lines.append(_row_line(r, seed, unit, lower, _label(scores, r)))
+    if scores.seed:
+        lines.append(_row_line(scores.seed, seed, unit, lower, "seeded baseline winner"))
+    if scores.specialists:
+        lines += ["", "## Per-case specialists", "",
+                  "| Case | Median | Seed case | Win | Commit | Notes |",
+                  "|---|---|---|---|---|---|"]
+        for case, commit in sorted(scores.specialists.items()):
+            row = scores.row(commit)
+            if row is None or case not in row.case_scores:
+                continue
+            seed_case = scores.seed.case_scores.get(case) if scores.seed else None
+            score = row.case_scores[case]
+            lines.append(f"| {case} | {_fmt(score, unit)} | {_fmt(seed_case, unit)} |"
+                         f" {_win(seed_case, score, lower)} | {commit} |"
+                         f" best {case} specialist: {_cell(row.note)} |")
+    return "\n".join(lines) + "\n"
+
+
+def _label(scores: Scores, row: Row) -> str:
+    if row.commit == scores.best_commit:
+        return "best winner"
+    if row.kind == "best":
+        return "former best winner"
+    return "accepted nonbest" + (f" ({', '.join(row.cases_won)})" if row.cases_won else "")
+
+
+def _row_line(r: Row, seed: float | None, unit: str, lower: bool, label: str) -> str:
+    ci = f" [x{1 / r.ci[1]:.3f}..x{1 / r.ci[0]:.3f} vs incumbent]" if r.ci and lower and all(
+        r.ci) else ""
+    return (f"| {r.timestamp} | {r.model} | {_fmt(r.score, unit)} | {_fmt(seed, unit)} |"
+            f" {_win(seed, r.score, lower)} | {r.commit} | {label}: {_cell(r.note)}{ci} |")
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "/").replace("\n", " ")
+
+
+def load(folder: Path, experiment: str, unit: str, direction: str) -> Scores:
+    path = folder / "SCORES.json"
+    if path.exists():
+        return read_model(path, Scores)
+    return Scores(experiment=experiment, unit=unit, direction=direction)
+
+
+def save(folder: Path, scores: Scores) -> None:
+    atomic_write_json(folder / "SCORES.json", scores)
+    atomic_write_text(folder / "SCORES.md", render(scores))

@@ -1,0 +1,41 @@
+"""Fresh search state: reset candidate, scores, memory and runs; keep git history and winners/."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from . import experiment as experiment_mod
+from .files import atomic_write_text
+from .lock import experiment_lock
+
+
+def reset(folder: Path | str) -> list[str]:
+    """Returns what was reset, for the caller to print."""
+    exp = experiment_mod.load(str(folder))
+    done = []
+    with experiment_lock(exp.root, "seed"):
+        atomic_write_text(exp.candidate_path, exp.naive_path.read_text(encoding="utf-8"))
+        done.append(f"{exp.target.file} <- {exp.naive}")
+        for name in ("SCORES.json", "SCORES.md", "MEMORY.json", "MEMORY.md"):
+            path = exp.path(name)
+            if path.exists():
+                path.unlink()
+                done.append(f"removed {name}")
+        runs = exp.path("runs")
+        if runs.exists():
+            shutil.rmtree(runs)
+            done.append("removed runs/")
+    return done
+
+
+def main(folder: Path | str) -> None:
+    """Entry point for experiments' seed.py files."""
+    from .cli import run_cli_guarded
+
+    def _do() -> None:
+        for line in reset(folder):
+            print(line)
+        print("seeded: the next run measures the seed baseline; git history and winners/ kept")
+
+    run_cli_guarded(_do)
