@@ -4,7 +4,6 @@ Runs inside ratchet's sandbox as `python eval.py request.json`; prints one EvalR
 """
 
 import importlib.util
-import json
 import random
 import sys
 import time

@@ -67,7 +67,7 @@ class Experiment(Strict):
     toolchain: list[str] = Field(default_factory=list)
     acceptance: Acceptance = Field(default_factory=Acceptance)
     knobs: dict[str, list[Any]] = Field(default_factory=dict)
-    template: str | None = Field(None, description="tuner template module (render(knobs) -> source)")
+    template: str | None = Field(None, description="tuner template: render(knobs) -> source")
     hypotheses: list[str] = Field(default_factory=list)
     prices: dict[str, dict[str, float]] = Field(
         default_factory=dict, description="per-model price override, USD per million tokens"

@@ -107,8 +107,11 @@ class AnthropicProposer(BaseProposer):
         return body
 
     def _send(self, body: dict[str, Any]) -> str:
+        kwargs = dict(body)
+        if "temperature" in kwargs:  # not a typed parameter in current SDKs; send it raw
+            kwargs["extra_body"] = {"temperature": kwargs.pop("temperature")}
         try:
-            raw = self.client.messages.with_raw_response.create(**body)
+            raw = self.client.messages.with_raw_response.create(**kwargs)
         except anthropic.APITimeoutError:
             raise Transient("timeout", f"{self.name}: no reply within {self.timeout:g}s") from None
         except anthropic.APIConnectionError:
@@ -128,7 +131,8 @@ class AnthropicProposer(BaseProposer):
                 secrets=(self._key,),
             )
             raise  # pragma: no cover
-        return raw.http_response.text
+        text = raw.http_response.text
+        return text.replace(self._key, "***") if self._key else text  # an echoing server
 
     def propose(self, prompt: str) -> Proposal:
         body = self.build_request(prompt)

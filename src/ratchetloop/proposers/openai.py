@@ -130,7 +130,8 @@ class OpenAIProposer(BaseProposer):
                 secrets=(self._key,),
             )
             raise  # pragma: no cover - raise_for_status always raises
-        return raw.http_response.text
+        text = raw.http_response.text
+        return text.replace(self._key, "***") if self._key else text  # an echoing server
 
     def propose(self, prompt: str) -> Proposal:
         body = self.build_request(prompt)
