@@ -1,14 +1,14 @@
 """Map a --model string to a proposer.
 
-    tuner                                 offline knob search (the default; not a model)
-    replay:<file.json>                    scripted replies (tests, demos)
-    gpt-… o1… o3… o4… chatgpt-…           OpenAI (OPENAI_API_KEY; OPENAI_BASE_URL)
-    openai:<model>                        OpenAI, for names the patterns above miss
-    claude-… | anthropic:<model>          Anthropic (ANTHROPIC_API_KEY; ANTHROPIC_BASE_URL)
-    ollama:<model>                        Ollama at OLLAMA_HOST (default localhost:11434)
-    openai-compatible:<model>@<base_url>  vLLM, llama.cpp, LM Studio… (key optional:
-                                          OPENAI_COMPATIBLE_API_KEY)
-    claude-cli[:<model>]  codex-cli[:<model>]   the command-line agents
+tuner                                 offline knob search (the default; not a model)
+replay:<file.json>                    scripted replies (tests, demos)
+gpt-… o1… o3… o4… chatgpt-…           OpenAI (OPENAI_API_KEY; OPENAI_BASE_URL)
+openai:<model>                        OpenAI, for names the patterns above miss
+claude-… | anthropic:<model>          Anthropic (ANTHROPIC_API_KEY; ANTHROPIC_BASE_URL)
+ollama:<model>                        Ollama at OLLAMA_HOST (default localhost:11434)
+openai-compatible:<model>@<base_url>  vLLM, llama.cpp, LM Studio… (key optional:
+                                      OPENAI_COMPATIBLE_API_KEY)
+claude-cli[:<model>]  codex-cli[:<model>]   the command-line agents
 """
 
 from __future__ import annotations
