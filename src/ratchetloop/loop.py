@@ -181,8 +181,7 @@ def iterate(s: Session, n: int) -> Outcome:
         outcome.status, outcome.failure_kind, outcome.message = r.status, r.kind, r.message
         outcome.score, outcome.ratio = r.score, r.ratio
         learn_from_rejection(s, n, outcome, r)
-    outcome.seconds["total"] = time.monotonic() - clock
-    record_attempt(s, n, outcome, proposal, run)
+    record_attempt(s, n, outcome, proposal, run, clock)
     tell_proposer(s, proposal, outcome, result)
     s.reporter.outcome(outcome, s.scores)
     return outcome
@@ -307,7 +306,8 @@ def ask_proposer(s: Session, n: int, prompt: str, run: RunRecord) -> Proposal:
     s.reporter.phase(n, f"asking {s.proposer.name}")
     start = time.monotonic()
     try:
-        proposal = s.proposer.propose(prompt)
+        with run.timed("propose"):
+            proposal = s.proposer.propose(prompt)
     except ProposalFailed as exc:
         s.scores.usage.add(exc.usage)
         run.json("request.json", exc.request or {})
@@ -357,8 +357,9 @@ def evaluate_candidate(s: Session, n: int, candidate: Extracted,
     """Step 7: eval.py in the sandbox: build, adversarial validation, paired timing."""
     s.reporter.phase(n, "evaluating (build, validate, time)")
     references = reference_sources(s)
-    result = evaluate.run_eval(s.exp, candidate.source, references, seed=n,
-                               keep_workdir=run.path)
+    with run.timed("evaluate"):
+        result = evaluate.run_eval(s.exp, candidate.source, references, seed=n,
+                                   keep_workdir=run.path)
     run.json("result.json", result)
     for name, log in result.logs.items():
         run.text(f"{name}.log", log)
@@ -491,13 +492,14 @@ def learn_from_rejection(s: Session, n: int, outcome: Outcome, r: Rejected) -> N
 
 
 def record_attempt(s: Session, n: int, outcome: Outcome, proposal: Proposal | None,
-                   run: RunRecord) -> None:
+                   run: RunRecord, clock: float) -> None:
     """Step 9: runs/<n>/attempt.json, then SCORES and MEMORY (each write atomic)."""
     source = _read(run.path / f"candidate{Path(s.exp.target.file).suffix}")
     if source and outcome.status != "duplicate":
         label = outcome.failure_kind if outcome.status == "failed" else outcome.status
         s.memory.seen.setdefault(fingerprint(source, s.exp.target.language), label or "")
     s.scores.counts.attempts += 1
+    outcome.seconds = {**run.seconds, "total": time.monotonic() - clock}
     data = asdict(outcome)
     data["model"] = proposal.model if proposal else s.proposer.name
     data["timestamp"] = s.now()

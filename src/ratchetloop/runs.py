@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,16 @@ class RunRecord:
         self.iteration = iteration
         self.path = folder / "runs" / f"{iteration:04d}"
         self.path.mkdir(parents=True, exist_ok=True)
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def timed(self, phase: str) -> Iterator[None]:
+        """Wall time per phase, so the loop's own overhead can be told apart."""
+        start = time.monotonic()
+        try:
+            yield
+        finally:
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.monotonic() - start
 
     def text(self, name: str, content: str) -> None:
         atomic_write_text(self.path / name, content)
