@@ -711,6 +711,9 @@ def _setup_fs(cfg: Mapping[str, Any]) -> None:
         if any(_under(p, h) for h in hide):
             _bind_back(libc, fds[p], p, readonly=True)
     _bind_back(libc, fds[work], work, readonly=False)
+    for h in hide:  # hidden dirs stay empty and read-only (except the private /tmp)
+        if h != "/tmp":
+            _mount(libc, None, h, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
     for fd in [*fds.values(), *dev_fds.values()]:
         os.close(fd)
 
@@ -816,7 +819,9 @@ def _init_main(cfg: Mapping[str, Any]) -> int:
     pid = os.fork()
     if pid == 0:
         try:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            # Python ignores SIGPIPE and SIGXFSZ; ignored signals survive exec: restore them.
+            for sig in (signal.SIGTERM, signal.SIGPIPE, signal.SIGXFSZ):
+                signal.signal(sig, signal.SIG_DFL)
             if status_fd >= 0:
                 os.close(status_fd)
             argv = cfg["argv"]

@@ -1,0 +1,20 @@
+"""Looks for API keys: its environment, a keys file, other processes' environments."""
+import os
+import sys
+from pathlib import Path
+
+found = []
+for k, v in os.environ.items():
+    found.append(f"env {k}={v}")
+for name in sys.argv[1:]:
+    try:
+        found.append(f"file {name}: {Path(name).read_text()}")
+    except OSError as exc:
+        found.append(f"file {name}: {type(exc).__name__}")
+for d in Path("/proc").iterdir():
+    if d.name.isdigit():
+        try:
+            found.append(f"proc {d.name}: " + (d / "environ").read_bytes().decode(errors="replace"))
+        except OSError:
+            pass
+print("\n".join(found))
