@@ -123,6 +123,25 @@ def rollback(experiment: str, commit: str | None) -> None:
     console.print(do_rollback(exp, commit), highlight=False)
 
 
+@main.command()
+@click.option("--probe", "probe_urls", multiple=True, help="also check an OpenAI-compatible URL")
+def models(probe_urls: tuple[str, ...]) -> None:
+    """Which model backends are usable here (keys shown as set/missing, never values)."""
+    from .doctor import model_rows, rows_table
+
+    console.print(rows_table("models", model_rows(probe_urls)))
+
+
+@main.command()
+@click.argument("experiment", required=False)
+def doctor(experiment: str | None) -> None:
+    """Check toolchains, sandbox layers, keys and servers (for EXPERIMENT if given)."""
+    from .doctor import doctor_rows, rows_table
+
+    exp = experiment_mod.load(experiment) if experiment else None
+    console.print(rows_table("doctor", doctor_rows(exp)))
+
+
 def legacy_main() -> None:
     """`python loop.py <experiment> --model M --loop N [--temperature T]`, as the reference."""
     main(["run", *sys.argv[1:]], prog_name="loop.py")
