@@ -14,7 +14,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from .errors import RatchetError
 
@@ -75,6 +75,7 @@ class Experiment(Strict):
 
     # Filled in by load(); not part of the JSON contract.
     root: Path = Field(default=Path("."), exclude=True)
+    _hooks: dict[str, ModuleType] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
     def _cases_sane(self) -> Experiment:
@@ -107,8 +108,11 @@ class Experiment(Strict):
         return self.path(self.naive)
 
     def hook(self, name: str) -> ModuleType:
-        """Import prompt.py / security.py / template modules from the experiment folder."""
-        return import_file(self.path(f"{name}.py"), f"ratchet_exp_{self.name}_{name}")
+        """Import prompt.py / security.py from the experiment folder (once per run)."""
+        if name not in self._hooks:
+            self._hooks[name] = import_file(self.path(f"{name}.py"),
+                                            f"ratchet_exp_{self.name}_{name}")
+        return self._hooks[name]
 
     def build_prompt(self, context: dict[str, Any]) -> str:
         return str(self.hook("prompt").build(context))
