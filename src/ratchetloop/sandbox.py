@@ -304,6 +304,7 @@ class _CGroup:
         self.dirs: dict[str, Path] = {}
         name = f"ratchet-{os.getpid()}-{next(_COUNTER)}-{secrets.token_hex(3)}"
         for controller, parent in _cgroups().items():
+            _sweep_stale(parent)
             path = parent / name
             try:
                 path.mkdir()
@@ -380,6 +381,21 @@ class _CGroup:
         for path in self.dirs.values():
             try:
                 path.rmdir()
+            except OSError:
+                pass
+
+
+def _sweep_stale(parent: Path) -> None:
+    """Remove empty groups left by sandbox callers that died (their pid is gone)."""
+    try:
+        entries = list(parent.glob("ratchet-*-*-*"))
+    except OSError:
+        return
+    for path in entries:
+        owner = path.name.split("-")[1]
+        if owner.isdigit() and not Path(f"/proc/{owner}").exists():
+            try:
+                path.rmdir()  # fails (harmlessly) while processes remain in it
             except OSError:
                 pass
 
@@ -483,7 +499,7 @@ def _init_config(argv: Sequence[str], cwd: Path, env: Mapping[str, str], limits:
     return {
         "argv": list(argv), "cwd": os.path.realpath(cwd), "env": dict(env), "mount": mount,
         "pid_ns": pid_ns, "keep": list(keep), "home": home, "status_fd": status_fd,
-        "tmp_bytes": limits.tmp_bytes,
+        "tmp_bytes": limits.tmp_bytes, "deadline": None,
     }
 
 
@@ -527,6 +543,9 @@ def run(
     keep = _keep_paths(child_env, argv, ro_paths)
     cfg = _init_config(argv, cwd, child_env, limits, mount=ns["mount"], pid_ns=ns["pid"],
                        keep=keep, status_fd=status_w)
+    # The init enforces the wall clock too (a little later than we do), so the tree dies on
+    # time even if this process is killed and never gets to clean up.
+    cfg["deadline"] = timeout + 5.0
     cmd = _wrapper(ns, mount=ns["mount"]) + _init_argv(cfg)
     timed_out = False
     error: str | None = None
@@ -679,7 +698,7 @@ def _setup_fs(cfg: Mapping[str, Any]) -> None:
     hide = ["/tmp", "/run"]
     if home not in ("/", "") and not _under(work, home) and os.path.isdir(home):
         hide.append(home)
-    hide = [h for h in hide if os.path.isdir(h) and not os.path.islink(h)]
+    hide = [h for h in dict.fromkeys(hide) if os.path.isdir(h) and not os.path.islink(h)]
     # Handles on everything we rebind after covering their parents with tmpfs.
     fds = {p: os.open(p, os.O_PATH) for p in [work, *keep]}
     dev_fds = {n: os.open(f"/dev/{n}", os.O_PATH) for n in DEV_NODES
@@ -816,11 +835,15 @@ def _init_main(cfg: Mapping[str, Any]) -> int:
         os._exit(128 + signum)
 
     signal.signal(signal.SIGTERM, on_term)
+    if cfg.get("deadline"):
+        signal.signal(signal.SIGALRM, on_term)
+        signal.setitimer(signal.ITIMER_REAL, float(cfg["deadline"]))
     pid = os.fork()
     if pid == 0:
         try:
             # Python ignores SIGPIPE and SIGXFSZ; ignored signals survive exec: restore them.
-            for sig in (signal.SIGTERM, signal.SIGPIPE, signal.SIGXFSZ):
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            for sig in (signal.SIGTERM, signal.SIGALRM, signal.SIGPIPE, signal.SIGXFSZ):
                 signal.signal(sig, signal.SIG_DFL)
             if status_fd >= 0:
                 os.close(status_fd)

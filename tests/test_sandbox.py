@@ -1,0 +1,165 @@
+"""sandbox.run's contract: statuses, output, environment, fallbacks, layer reporting."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from ratchetloop import sandbox
+from ratchetloop.sandbox import Limits
+
+LAYERS = {name: active for name, active, _ in sandbox.describe_layers()}
+NO_NS = dict.fromkeys(("user", "pid", "net", "ipc", "uts", "mount"), False)
+
+
+def py(code: str) -> list[str]:
+    return [sys.executable, "-c", textwrap.dedent(code)]
+
+
+def test_describe_layers_is_honest_and_matches_what_run_uses(tmp_path: Path) -> None:
+    layers = sandbox.describe_layers()
+    names = [name for name, _, _ in layers]
+    for required in ("pid-namespace", "net-namespace", "mount-namespace", "cgroup-memory",
+                     "cgroup-pids", "rlimits", "env-allowlist", "seccomp", "disk-quota"):
+        assert required in names
+    for name, active, why in layers:
+        assert isinstance(name, str) and isinstance(active, bool) and why.strip()
+    assert not LAYERS["seccomp"] and not LAYERS["disk-quota"]  # not implemented: say so
+    res = sandbox.run(["true"], cwd=tmp_path, timeout=20)
+    assert res.ok, res.stderr
+    used = set(res.layers)
+    for name in ("pid-namespace", "net-namespace", "mount-namespace", "cgroup-memory",
+                 "cgroup-pids", "cgroup-freezer"):
+        assert (name in used) == LAYERS[name], name
+
+
+def test_exit_code_and_signal_are_reported(tmp_path: Path) -> None:
+    assert sandbox.run(py("raise SystemExit(7)"), cwd=tmp_path, timeout=20).returncode == 7
+    res = sandbox.run(py("import os, signal; os.kill(os.getpid(), signal.SIGTERM)"),
+                      cwd=tmp_path, timeout=20)
+    assert res.signal == signal.SIGTERM and res.returncode == -signal.SIGTERM
+    assert not res.timed_out and not res.ok
+
+
+def test_missing_command_is_a_clean_failure(tmp_path: Path) -> None:
+    res = sandbox.run(["/nonexistent/ratchet-cmd"], cwd=tmp_path, timeout=20)
+    assert res.returncode == 127 and "cannot run" in res.stderr
+
+
+def test_missing_cwd_is_a_sandbox_error_not_an_exception(tmp_path: Path) -> None:
+    res = sandbox.run(["true"], cwd=tmp_path / "nope", timeout=20)
+    assert res.error and not res.ok
+
+
+@pytest.mark.skipif(not LAYERS["mount-namespace"], reason="mount namespace not active")
+def test_failed_filesystem_setup_fails_closed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sandbox, "_keep_paths", lambda *a: ["/nonexistent/ratchet-keep"])
+    res = sandbox.run(["sh", "-c", "echo should-not-run"], cwd=tmp_path, timeout=20)
+    assert res.error and "setup failed" in res.error
+    assert "should-not-run" not in res.stdout and not res.ok
+
+
+def test_timeout_kills_a_child_that_ignores_sigterm(tmp_path: Path) -> None:
+    res = sandbox.run(py("""
+        import signal, subprocess, time
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        subprocess.Popen(["sleep", "300"])
+        print("up", flush=True)
+        time.sleep(300)
+    """), cwd=tmp_path, timeout=1.0)
+    assert res.timed_out and res.stdout == "up\n"
+    assert res.wall_seconds < 6
+
+
+def test_result_line_survives_output_truncation(tmp_path: Path) -> None:
+    res = sandbox.run(py("""
+        import sys
+        for i in range(20000):
+            print("noise", i)
+        print('{"ok": true}')
+    """), cwd=tmp_path, timeout=20, limits=Limits(output_bytes=16 << 10))
+    assert res.output_truncated
+    assert res.stdout.startswith("noise 0\n")
+    assert res.stdout.rstrip().endswith('{"ok": true}')
+    assert len(res.stdout) < 17 << 10
+
+
+def test_safe_env_refuses_secrets_even_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-live-0123456789abcdef")
+    monkeypatch.setenv("TMPDIR", "/tmp")
+    env = sandbox.safe_env({"AWS_SECRET_ACCESS_KEY": "x", "hf_token": "y", "PGPASSWORD": "z",
+                            "COPY": "sk-live-0123456789abcdef", "OK": "1"})
+    assert env["OK"] == "1" and env["TMPDIR"] == "/tmp" and "PATH" in env
+    assert not {"OPENAI_API_KEY", "AWS_SECRET_ACCESS_KEY", "hf_token", "PGPASSWORD",
+                "COPY"} & set(env)
+    assert env["HOME"] != str(Path.home())
+
+
+def test_fallback_without_namespaces_or_cgroups_still_contains_the_basics(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a fresh CI box without unshare/cgroups gets: session, rlimits, env, reaper."""
+    monkeypatch.setattr(sandbox, "_namespaces", lambda: NO_NS)
+    monkeypatch.setattr(sandbox, "_cgroups", lambda: {})
+    res = sandbox.run(py("""
+        import subprocess, time
+        subprocess.Popen(["sh", "-c", "sleep 300 & sleep 300"], start_new_session=True)
+        print("up", flush=True)
+        time.sleep(300)
+    """), cwd=tmp_path, timeout=1.0, limits=Limits(file_bytes=1 << 20))
+    assert res.timed_out and res.stdout == "up\n"
+    assert set(res.layers) == {"session", "rlimits", "env-allowlist", "output-cap",
+                               "init-reaper"}
+    assert not _processes_under(res, tmp_path)
+
+
+def _processes_under(res: sandbox.SandboxResult, where: Path) -> list[int]:
+    """Processes whose cwd is `where` (the fallback has no cgroup to ask)."""
+    found = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit() and int(d.name) != os.getpid():
+            try:
+                if os.readlink(d / "cwd") == str(where):
+                    found.append(int(d.name))
+            except OSError:
+                pass
+    return found
+
+
+@pytest.mark.skipif(not (LAYERS["pid-namespace"] or LAYERS["cgroup-freezer"]),
+                    reason="neither pid namespace nor cgroup freezer active")
+def test_tree_dies_on_time_even_if_the_loop_process_is_killed(tmp_path: Path) -> None:
+    """SIGKILL the process that called run(): the init's own deadline still ends the tree."""
+    fifo = tmp_path / "ready"
+    os.mkfifo(fifo)
+    marker = f"orphaned-{os.getpid()}-{id(tmp_path)}"
+    runner = subprocess.Popen(py(f"""
+        from pathlib import Path
+        from ratchetloop import sandbox
+        sandbox.run(["sh", "-c", "echo up > ready; sleep 300; echo {marker}"],
+                    cwd=Path({str(tmp_path)!r}), timeout=0.5)
+    """))
+    try:
+        with open(fifo) as fh:  # blocks until the sandboxed command is running
+            assert fh.read() == "up\n"
+        victims = [int(d.name) for d in Path("/proc").iterdir() if d.name.isdigit()
+                   and marker in (d / "cmdline").read_bytes().decode(errors="replace")]
+        assert victims
+        fds = [os.pidfd_open(pid) for pid in victims]
+        runner.kill()
+        runner.wait()
+        for fd in fds:  # deadline = timeout + 5 s
+            assert select.select([fd], [], [], 20)[0], "sandboxed process outlived its deadline"
+            os.close(fd)
+    finally:
+        runner.kill()
+        runner.wait()
