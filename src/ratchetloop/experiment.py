@@ -72,6 +72,9 @@ class Experiment(Strict):
     prices: dict[str, dict[str, float]] = Field(
         default_factory=dict, description="per-model price override, USD per million tokens"
     )
+    generic: dict[str, Any] | None = Field(
+        None, description="generic mode (ratchetloop.generic.contract): run command, metric, files"
+    )
 
     # Filled in by load(); not part of the JSON contract.
     root: Path = Field(default=Path("."), exclude=True)
@@ -147,9 +150,9 @@ def find_experiment_dir(name_or_path: str, start: Path | None = None) -> Path:
         return candidate.resolve()
     here = (start or Path.cwd()).resolve()
     for base in [here, *here.parents]:
-        folder = base / "experiments" / name_or_path
-        if (folder / "experiment.json").is_file():
-            return folder
+        for folder in (base / "experiments" / name_or_path, base / ".ratchet" / name_or_path):
+            if (folder / "experiment.json").is_file():
+                return folder
     package_root = Path(__file__).resolve().parents[2] / "experiments" / name_or_path
     if (package_root / "experiment.json").is_file():
         return package_root
@@ -172,7 +175,8 @@ def load(name_or_path: str | Path, start: Path | None = None) -> Experiment:
         where = ".".join(str(p) for p in err["loc"]) or "(top level)"
         raise RatchetError(f"{contract}: field {where!r}: {err['msg']}") from None
     exp.root = root
-    for rel in (exp.naive, "eval.py", "prompt.py", "security.py"):
+    harness = ("eval.py",) if exp.generic is None else ()  # generic mode runs a command
+    for rel in (exp.naive, *harness, "prompt.py", "security.py"):
         if not exp.path(rel).is_file():
             raise RatchetError(f"experiment {exp.name!r} is missing {rel} in {root}")
     return exp

@@ -122,18 +122,22 @@ class Session:
     last_usage: Usage | None = None  # estimate of the next request, for budgets
     started: float = field(default_factory=time.monotonic)
     now: Callable[[], str] = field(default=lambda: time.strftime("%Y-%m-%d %H:%M:%S"))
+    # Generic mode (ratchetloop.generic.adapter): reads edits, runs the user's command in
+    # git worktrees and commits on its own branch. None = the experiment-folder behaviour.
+    adapter: Any = None
 
 
 # --------------------------------------------------------------------------- the run
 
 
 def run_loop(exp: Experiment, proposer: Proposer, options: Options,
-             reporter: Reporter | None = None) -> Summary:
+             reporter: Reporter | None = None, adapter: Any = None) -> Summary:
     exp.check_toolchain()
     repo = gitops.repo_root(exp.root)
     gitops.check_branch(repo)
     with experiment_lock(exp.root):
         s = load_session(exp, repo, proposer, options, reporter or QuietReporter())
+        s.adapter = adapter
         summary = Summary(experiment=exp.name, proposer=proposer.name)
         try:
             ensure_seeded(s)
@@ -231,7 +235,7 @@ def ensure_seeded(s: Session) -> None:
         return
     s.reporter.phase(0, "measuring seed baseline")
     naive = s.exp.naive_path.read_text(encoding="utf-8")
-    result = evaluate.run_eval(s.exp, naive, {}, seed=0)
+    result = run_eval_for(s)(s.exp, naive, {}, seed=0)
     if not result.ok or not result.samples:
         f = result.failure
         raise RatchetError(
@@ -326,7 +330,8 @@ def ask_proposer(s: Session, n: int, prompt: str, run: RunRecord) -> Proposal:
 def extract_candidate(s: Session, proposal: Proposal, run: RunRecord) -> Extracted:
     """Step 4: exactly one function named as the target, and its one-line note."""
     try:
-        candidate = extract(proposal.text, s.exp.target.function, s.exp.target.language)
+        candidate = (s.adapter.extract(proposal.text) if s.adapter else
+                     extract(proposal.text, s.exp.target.function, s.exp.target.language))
     except ExtractionError as exc:
         raise Rejected("failed", exc.kind, exc.message) from None
     run.text(f"candidate{Path(s.exp.target.file).suffix}", candidate.source)
@@ -358,8 +363,11 @@ def evaluate_candidate(s: Session, n: int, candidate: Extracted,
     s.reporter.phase(n, "evaluating (build, validate, time)")
     references = reference_sources(s)
     with run.timed("evaluate"):
-        result = evaluate.run_eval(s.exp, candidate.source, references, seed=n,
-                                   keep_workdir=run.path)
+        if s.adapter:  # runs the command; gives the model two tries to fix a crash
+            result = s.adapter.evaluate(s, n, candidate, references, run)
+        else:
+            result = evaluate.run_eval(s.exp, candidate.source, references, seed=n,
+                                       keep_workdir=run.path)
     run.json("result.json", result)
     for name, log in result.logs.items():
         run.text(f"{name}.log", log)
@@ -375,15 +383,16 @@ def decide(s: Session, result: evaluate.EvalResult, run: RunRecord) -> Decision:
     samples = result.samples
     cand = {c: v["candidate"] for c, v in samples.items()}
     best_ref = ref_name(s, s.scores.best_commit)
-    overall = measure.compare(measure.suite_totals(cand),
-                              measure.suite_totals({c: v[best_ref] for c, v in samples.items()}),
-                              acc, lower)
+    compare = s.adapter.compare if s.adapter else measure.compare
+    overall = compare(measure.suite_totals(cand),
+                      measure.suite_totals({c: v[best_ref] for c, v in samples.items()}),
+                      acc, lower)
     per_case = {
-        c: measure.compare(v["candidate"], v[ref_name(s, s.scores.holder(c))], acc, lower)
+        c: compare(v["candidate"], v[ref_name(s, s.scores.holder(c))], acc, lower)
         for c, v in samples.items()
     }
-    is_best = overall.verdict == "better"
-    won = [c for c, cmp in per_case.items() if cmp.verdict == "better"]
+    is_best = s.adapter.accepts(overall) if s.adapter else overall.verdict == "better"
+    won = [] if s.adapter else [c for c, cmp in per_case.items() if cmp.verdict == "better"]
     decision = Decision(is_best=is_best, cases_won=won, overall=overall, per_case=per_case,
                         score=median(measure.suite_totals(cand)),
                         case_scores={c: median(v) for c, v in cand.items()})
@@ -431,8 +440,9 @@ def accept_or_reject(s: Session, n: int, candidate: Extracted, proposal: Proposa
     s.last_failure = None
     sc.counts.accepted += 1
     save_state(s)
-    gitops.commit_paths(s.repo, state_paths(s) + [exp.path("winners", sha)],
-                        f"Record {exp.name} winner {sha} in scores, memory and winners/")
+    if s.adapter is None:  # generic mode keeps its state out of the user's branch
+        gitops.commit_paths(s.repo, state_paths(s) + [exp.path("winners", sha)],
+                            f"Record {exp.name} winner {sha} in scores, memory and winners/")
     outcome.status = f"accepted_{kind}"
     outcome.score, outcome.ratio, outcome.commit = decision.score, ratio, sha
     outcome.ci, outcome.cases_won = row.ci, row.cases_won
@@ -467,6 +477,8 @@ def commit_winner(s: Session, candidate: Extracted, row: Row,
         f"Ratchet-Experiment: {exp.name}\n"
         f"Ratchet-Row: {json.dumps(trailer, separators=(',', ':'))}\n"
     )
+    if s.adapter:
+        return str(s.adapter.commit(candidate, message))
     return gitops.commit_paths(s.repo, [exp.candidate_path], message)
 
 
@@ -524,8 +536,8 @@ def maybe_check_drift(s: Session, n: int) -> None:
         return
     s.reporter.phase(n, "re-measuring best against seed")
     naive = s.exp.naive_path.read_text(encoding="utf-8")
-    result = evaluate.run_eval(s.exp, incumbent_source(s, s.scores.best_commit),
-                               {"seed": naive}, validate=False, seed=n)
+    result = run_eval_for(s)(s.exp, incumbent_source(s, s.scores.best_commit),
+                             {"seed": naive}, validate=False, seed=n)
     if not result.ok:
         return
     cand = {c: v["candidate"] for c, v in result.samples.items()}
@@ -539,6 +551,10 @@ def maybe_check_drift(s: Session, n: int) -> None:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def run_eval_for(s: Session) -> Callable[..., evaluate.EvalResult]:
+    return s.adapter.run_eval if s.adapter else evaluate.run_eval
 
 
 def ref_name(s: Session, commit: str | None) -> str:
