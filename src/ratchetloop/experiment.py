@@ -44,7 +44,7 @@ class Acceptance(Strict):
     min_effect: float = Field(0.01, ge=0, lt=1, description="smallest relative gain worth keeping")
     confidence: float = Field(0.99, gt=0.5, lt=1)
     min_rounds: int = Field(8, ge=3)
-    max_rounds: int = Field(48, ge=3)
+    max_rounds: int = Field(96, ge=3)  # 5% gains need ~90 rounds at 7% per-round noise
     batch_rounds: int = Field(8, ge=1)
     max_seconds: float = Field(60.0, gt=0)
 

@@ -32,6 +32,9 @@ Why these statistics
   dependence between looks -- simpler and more robust than Lan-DeMets boundaries, which
   need joint normality, at the cost of a little power. Confidence intervals reported at
   each look use that look's level (repeated confidence intervals).
+* Rejecting early ("same" / "worse") cannot cause a false accept, only cost power, so it
+  uses a looser total level, REJECT_ALPHA = 5%, spent the same way: a candidate that is
+  merely as good as the incumbent is dismissed sooner.
 * Several cases: per-case verdicts (for specialists / nonbest winners) divide alpha by
   the number of cases, so "some case falsely accepted" is also held at alpha/2.
 """
@@ -51,6 +54,7 @@ from .experiment import Acceptance
 Verdict = Literal["better", "worse", "same", "unsure"]
 
 SPENDING_POWER = 2.0  # f(t) = alpha * t**rho; rho = 2 saves most alpha for the last look
+REJECT_ALPHA = 0.05  # total level for stopping early with "same"/"worse" (costs power only)
 EXACT_MAX_N = 200  # exact signed-rank distribution up to here, normal approximation above
 
 
@@ -143,14 +147,14 @@ def next_look(rounds: int, acceptance: Acceptance) -> int:
     return acceptance.max_rounds
 
 
-def look_alpha(rounds: int, acceptance: Acceptance) -> float:
+def look_alpha(rounds: int, acceptance: Acceptance, total: float | None = None) -> float:
     """Two-sided alpha spent at the look that `rounds` belongs to.
 
     A round count between scheduled looks (e.g. the time budget cut a batch short) is
     charged to the next scheduled look, which then can never be taken, so no share of
     alpha is ever used twice.
     """
-    alpha = 1.0 - acceptance.confidence
+    alpha = 1.0 - acceptance.confidence if total is None else total
     points = looks(acceptance)
     idx = next(i for i, n in enumerate(points) if n >= min(rounds, points[-1]))
     total = acceptance.max_rounds
@@ -236,6 +240,8 @@ def compare(
     med_c = float(np.median(c)) if n else math.nan
     med_r = float(np.median(r)) if n else math.nan
     alpha = look_alpha(n, acceptance) / max(1, family)
+    reject_alpha = look_alpha(n, acceptance, max(REJECT_ALPHA, 1 - acceptance.confidence))
+    reject_alpha /= max(1, family)
     base = dict(rounds=n, candidate_median=med_c, reference_median=med_r, alpha=alpha,
                 lower_is_better=lower_is_better)
     bad = n < 3 or not (np.all(np.isfinite(c)) and np.all(np.isfinite(r)))
@@ -261,9 +267,9 @@ def compare(
         reasons.append(f"{n} < min_rounds {acceptance.min_rounds}")
     elif p_better <= half and est <= threshold:
         verdict = "better"
-    elif p_worse <= half:
+    elif p_worse <= reject_alpha / 2:
         verdict = "worse"
-    elif p_short <= half:
+    elif p_short <= reject_alpha / 2:
         verdict = "same"
         reasons.append(
             "real gain but below min_effect" if p_better <= half else "no gain of min_effect"
