@@ -141,10 +141,15 @@ def write_impl_table(target: CTarget, count: int, names: Sequence[str], path: Pa
 
 def build(target: CTarget, impls: Sequence[Impl], driver_sources: Sequence[Path],
           out_dir: Path, *, sanitize: bool = False, name: str | None = None) -> Build:
-    """Compile impls (in parallel) and link them with the harness and the driver."""
+    """Compile impls (in parallel) and link them with the harness and the driver.
+
+    impls[0] is what `validate` and the timing protocol call "the candidate"."""
+    out_dir = out_dir.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    if not impls or impls[0].name != CANDIDATE:
-        raise ValueError("impls[0] must be the candidate")
+    impls = [Impl(i.name, Path(i.source).resolve()) for i in impls]
+    driver_sources = [Path(d).resolve() for d in driver_sources]
+    if not impls:
+        raise ValueError("nothing to build")
     with ThreadPoolExecutor(max_workers=2) as pool:
         futures = [pool.submit(compile_impl, target, impl, i, out_dir, sanitize)
                    for i, impl in enumerate(impls)]

@@ -130,6 +130,7 @@ def measure(
 ) -> Timing:
     """Calibrate, check results in the optimised build, then sample in sequential batches.
 
+    impl_names[0] is the candidate, the rest are references (the build's order).
     With references, keeps adding batches while `needs_more_rounds` says the candidate vs
     ANY reference is still unsure (bounded by max_rounds/max_seconds). Without references
     (seeding a baseline) it takes exactly `min_rounds` rounds of the candidate alone.
@@ -151,14 +152,14 @@ def measure(
             who = impl_names[int(impl)]
             kind, _, text = msg.partition(" ")
             where = f"benchmark case {cases[int(ci)][0]} (optimised build)"
-            if who == "candidate":
+            if int(impl) == 0:
                 raise HarnessFailure(kind, f"{kind}: {where}: {text}", "\n".join(bad),
                                      phase="validate")
             raise HarnessFailure("harness_error", f"reference {who!r} fails {where}: {text}",
                                  "\n".join(bad), phase="validate")
     samples: dict[str, dict[str, list[float]]] = {
         name: {impl: [] for impl in impl_names} for name, _ in cases}
-    refs = [n for n in impl_names if n != "candidate"]
+    cand, refs = impl_names[0], list(impl_names[1:])
     rounds = 0
     batches: list[dict[str, object]] = []
     stop = "max_rounds"
@@ -166,7 +167,7 @@ def measure(
         elapsed = time.monotonic() - start
         if refs:
             unsure = [r for r in refs if needs_more_rounds(
-                {c: samples[c]["candidate"] for c in samples},
+                {c: samples[c][cand] for c in samples},
                 {c: samples[c][r] for c in samples}, acceptance, lower_is_better, elapsed)]
             if not unsure:
                 stop = ("decided" if rounds < acceptance.max_rounds

@@ -1,6 +1,8 @@
 /* ratchetloop C harness main(): validation mode and the persistent timing protocol.
  *
- *   prog validate <seed>      run rl_validate() on the candidate (impl 0); prints RLOK
+ *   prog validate <seed>      run rl_validate() on every impl in the table (the eval build
+ *                             holds only the candidate); "RLIMPL <name>" precedes each;
+ *                             prints RLOK when all pass
  *   prog bench                read commands on stdin, one per line, answer on stdout:
  *     seed <u64>                        reseed the RNG (inputs and per-round order)
  *     case <name> <p0> <p1> ...         add a case (integer params, experiment's order)
@@ -153,8 +155,12 @@ static int bench_loop(void) {
 
 int main(int argc, char **argv) {
     if (argc >= 2 && !strcmp(argv[1], "validate")) {
-        rl_rng vr = {argc >= 3 ? strtoull(argv[2], NULL, 10) : 1};
-        rl_validate(rl_impl_fns[0], &vr);
+        for (int i = 0; i < rl_n_impls; i++) {
+            rl_rng vr = {argc >= 3 ? strtoull(argv[2], NULL, 10) : 1};
+            printf("RLIMPL %s\n", rl_impl_names[i]);
+            fflush(stdout);
+            rl_validate(rl_impl_fns[i], &vr);
+        }
         printf("RLOK\n");
         fflush(stdout);
         return 0;
