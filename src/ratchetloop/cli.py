@@ -67,8 +67,11 @@ def run(experiment: str, model: str | None, iterations: int, temperature: float 
     options = Options(iterations=iterations, max_cost=max_cost, max_tokens=max_tokens,
                       max_seconds=max_minutes * 60 if max_minutes else None,
                       patience=patience, target=target)
-    with LiveReporter(console, exp, proposer.name, iterations) as reporter:
-        summary = run_loop(exp, proposer, options, reporter)
+    from .generic import session_parts
+
+    with LiveReporter(console, exp, proposer.name, iterations) as live:
+        reporter, adapter = session_parts(exp, live)  # generic projects: worktrees, results.tsv
+        summary = run_loop(exp, proposer, options, reporter, adapter)
     print_summary(console, exp, summary)
 
 
@@ -145,3 +148,24 @@ def doctor(experiment: str | None) -> None:
 def legacy_main() -> None:
     """`python loop.py <experiment> --model M --loop N [--temperature T]`, as the reference."""
     main(["run", *sys.argv[1:]], prog_name="loop.py")
+
+
+@main.command()
+@click.option("--tag", help="name of this project's loop (branch ratchet/<tag>)")
+@click.option("--edit", "editable", multiple=True, help="file the model may edit (repeatable)")
+@click.option("--read", "readonly", multiple=True, help="read-only context file (repeatable)")
+@click.option("--run", "run_command", help="command that prints the metric")
+@click.option("--metric-regex", default=None, help="regex with one group (default: last number)")
+@click.option("--metric-json", default=None, help="JSON key of the last JSON line")
+@click.option("--higher-is-better/--lower-is-better", default=None)
+@click.option("--timeout", type=float, default=300.0, show_default=True)
+@click.option("--setup-check", default=None, help="command that must pass before the loop")
+@click.option("--directives", default=None, help="program.md text or file")
+@click.option("--from-research", type=click.Path(exists=True), help="import a research.json")
+@click.option("--force", is_flag=True, help="overwrite an existing contract")
+def init(**flags: Any) -> None:
+    """Set up the loop for any file + metric in this git repository (.ratchet/<tag>/)."""
+    from .generic.cli import init_command
+
+    console.print(init_command(flags), highlight=False)
+

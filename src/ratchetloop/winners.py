@@ -20,6 +20,10 @@ def winner_source(exp: Experiment, commit: str) -> str:
 
 
 def best_source(exp: Experiment) -> tuple[str, str]:
+    if exp.generic is not None:  # winners live on the ratchet/<tag> branch
+        from .generic import winners as generic_winners
+
+        return generic_winners.best(exp)
     sc = scores_mod.load(exp.root, exp.name, exp.unit, exp.direction)
     row = sc.best
     if row is None:
@@ -30,6 +34,10 @@ def best_source(exp: Experiment) -> tuple[str, str]:
 
 
 def rollback(exp: Experiment, commit: str | None) -> str:
+    if exp.generic is not None:
+        from .generic import winners as generic_winners
+
+        return generic_winners.rollback(exp, commit)
     sc = scores_mod.load(exp.root, exp.name, exp.unit, exp.direction)
     target = commit or sc.best_commit or "seed"
     if target != "seed" and sc.row(target) is None:

@@ -1,0 +1,65 @@
+"""Default prompt and security hooks for generic projects (init writes thin shims to them)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .contract import spec_of
+from .edits import from_bundle
+
+MAX_BUNDLE_BYTES = 2_000_000
+
+
+def build_prompt(context: dict[str, Any]) -> str:
+    exp = context["experiment"]
+    spec = spec_of(exp)
+    repo = exp.root.parents[1]
+    lang = context["language"]
+    direction = "higher" if not exp.lower_is_better else "lower"
+    files = from_bundle(context["incumbent_source"])
+    parts = [_read(exp.path("program.md")).strip(), "",
+             f"Metric: `{spec.run_command}` prints it; {direction} is better."
+             f" Current best {context['incumbent_score']} {exp.unit} (baseline"
+             f" {context['seed_score']} {exp.unit}).", ""]
+    for path in spec.readonly:
+        parts += [f"Read-only context: {path}", f"```{lang}", _read(repo / path).rstrip(), "```",
+                  ""]
+    big = []
+    for path, text in files.items():
+        lines = text.count("\n")
+        if lines > spec.edit_blocks_above_lines:
+            big.append(path)
+        parts += [f"Editable file: {path} ({lines} lines)", f"```{lang}", text.rstrip(), "```", ""]
+    parts += [context["memory_md"].strip(), ""]
+    failure = context.get("last_failure")
+    if failure:
+        parts += [f"Your last attempt failed ({failure['kind']}): {failure['message']}",
+                  failure.get("detail", "")[-800:], ""]
+    parts += [
+        "Propose ONE change. Edit only the editable files. Reply either with whole files:",
+        "File: <path>", f"```{lang}", "<the complete new content>", "```",
+        "or with SEARCH/REPLACE blocks (required for " + (", ".join(big) or "files over"
+        f" {spec.edit_blocks_above_lines} lines") + "):",
+        "<path>", "<<<<<<< SEARCH", "<exact lines to find>", "=======", "<replacement>",
+        ">>>>>>> REPLACE",
+        "Then one line `Note: <what you changed>`; optionally `Idea: <for later>`.",
+        "Equal metric with less code is kept; a tiny gain that adds much code is not.",
+    ]
+    if spec.no_new_dependencies:
+        parts.append("Do not add new dependencies (no new imports of third-party packages).")
+    return "\n".join(parts) + "\n"
+
+
+def default_security(source: str) -> list[str]:
+    """The sandbox is the guard; this only refuses absurd candidates."""
+    if len(source.encode("utf-8")) > MAX_BUNDLE_BYTES:
+        return [f"candidate is larger than {MAX_BUNDLE_BYTES} bytes"]
+    return []
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError:
+        return ""

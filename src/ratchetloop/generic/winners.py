@@ -1,0 +1,62 @@
+"""`ratchet best` / `ratchet rollback` for generic projects: winners live on ratchet/<tag>."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .. import gitops
+from .. import scores as scores_mod
+from ..errors import RatchetError
+from ..experiment import Experiment
+from .contract import spec_of
+from .edits import from_bundle
+
+
+def _branch(exp: Experiment) -> dict[str, str]:
+    path = exp.path("branch.json")
+    return json.loads(path.read_text("utf-8")) if path.is_file() else {}
+
+
+def winner_files(exp: Experiment, commit: str) -> dict[str, str]:
+    if commit == "seed":
+        return from_bundle(exp.naive_path.read_text("utf-8"))
+    archived = exp.path("winners", commit, "candidate.bundle")
+    if archived.is_file():
+        return from_bundle(archived.read_text("utf-8"))
+    repo = gitops.repo_root(exp.root)
+    return {p: gitops.git(repo, "show", f"{commit}:{p}") for p in spec_of(exp).editable}
+
+
+def best(exp: Experiment) -> tuple[str, str]:
+    """A header and the diff from the starting point to the best winner."""
+    sc = scores_mod.load(exp.root, exp.name, exp.unit, exp.direction)
+    row = sc.best
+    if row is None:
+        raise RatchetError(f"{exp.name} has no results yet: run `ratchet run {exp.name}`")
+    info = _branch(exp)
+    header = (f"# {exp.name} best: {row.score:.6g} {exp.unit} (commit {row.commit} on"
+              f" {info.get('branch', '?')}, {row.model}): {row.note}\n"
+              f"# take it: `ratchet rollback {exp.name}` (writes the files) or"
+              f" `git merge {info.get('branch', '<branch>')}`")
+    if row.commit == "seed":
+        return header, ""
+    repo = gitops.repo_root(exp.root)
+    diff = gitops.git(repo, "diff", info.get("base", "HEAD"), row.commit, "--",
+                      *spec_of(exp).editable, check=False)
+    return header, diff
+
+
+def rollback(exp: Experiment, commit: str | None) -> str:
+    """Write a winner's editable files into the user's working tree (never commits)."""
+    sc = scores_mod.load(exp.root, exp.name, exp.unit, exp.direction)
+    target = commit or sc.best_commit or "seed"
+    if target != "seed" and sc.row(target) is None:
+        raise RatchetError(f"{target} is not an accepted winner of {exp.name}")
+    repo = gitops.repo_root(exp.root)
+    files = winner_files(exp, target)
+    if gitops.is_dirty(repo, [repo / p for p in files]):
+        raise RatchetError(f"{', '.join(files)} have uncommitted changes: commit or stash first")
+    for rel, text in files.items():
+        Path(repo / rel).write_text(text, "utf-8")
+    return f"{', '.join(sorted(files))} restored to winner {target} (not committed)"
