@@ -88,3 +88,29 @@ def test_loop_with_openai_backend_records_usage_and_never_writes_the_key(exp_rep
     text = all_text(repo)
     assert "KEY=(none)" in text  # the snooping candidate ran, and its environment had no key
     assert CANARY not in text
+
+
+def test_ratchet_run_with_openai_compatible_server(exp_repo):
+    """`ratchet run linear --model openai-compatible:fake@<url>` as a real subprocess."""
+    from conftest import run_ratchet
+
+    folder = exp_repo("linear", cases=["small_nobias"])
+    with FakeModelServer([reply(SNOOP, "plain loop")], default_text=None) as srv:
+        model = f"openai-compatible:fake@{srv.openai_base_url}"
+        proc = run_ratchet(
+            "run",
+            str(folder),
+            "--model",
+            model,
+            "--loop",
+            "1",
+            cwd=folder.parents[1],
+            env={"OPENAI_COMPATIBLE_API_KEY": CANARY, "OPENAI_API_KEY": "sk-not-for-local"},
+        )
+        posts = srv.posts()
+    assert proc.returncode == 0, proc.stderr
+    assert [p.body["model"] for p in posts] == ["fake"]
+    assert posts[0].headers.get("authorization") == f"Bearer {CANARY}"  # not the OpenAI key
+    sc = json.loads((folder / "SCORES.json").read_text())
+    assert sc["usage"]["cost_usd"] == 0.0  # a local server costs nothing unless overridden
+    assert CANARY not in all_text(folder.parents[1]) + proc.stdout + proc.stderr

@@ -27,19 +27,6 @@ OLLAMA_DEFAULT = "http://localhost:11434"
 _OPENAI = re.compile(r"^(gpt-|chatgpt-|o\d)", re.IGNORECASE)
 _COMPATIBLE = re.compile(r"^openai-compatible:(?P<model>.+?)@(?P<url>https?://\S+)$")
 
-EXAMPLES = (
-    "tuner",
-    "gpt-4.1-mini",
-    "gpt-5",
-    "o4-mini",
-    "claude-sonnet-4-5",
-    "ollama:qwen2.5-coder",
-    "openai-compatible:<model>@http://localhost:8000/v1",
-    "claude-cli",
-    "codex-cli",
-    "replay:<file.json>",
-)
-
 
 def ollama_base_url() -> str:
     """OLLAMA_HOST (`host:port` or a URL) or the default, with the OpenAI-compatible /v1."""
