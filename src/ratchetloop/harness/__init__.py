@@ -21,9 +21,10 @@ Python API
                              case-parameter order, sample length, timeouts)
   HarnessFailure(kind, message, detail, phase)
                              raise anywhere for a candidate fault; kinds: build_error,
-                             validation kinds from the driver (wrong_result, guard_overwrite,
-                             stale_result, nan_inf, input_modified, ...), sanitizer, crash,
-                             timeout, security; harness_error is reserved for our own bugs
+                             validation_error (the message starts with the driver's check:
+                             wrong_result, guard_overwrite, stale_result, nan_inf,
+                             input_modified, ...), sanitizer, crash, timeout, security;
+                             harness_error is reserved for our own bugs
   cbuild.build(...)          lower level: objects with renamed symbols, one linked binary
   timing.BenchProcess / timing.measure
                              lower level: the persistent stdin/stdout timing process

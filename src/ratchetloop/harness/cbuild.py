@@ -26,7 +26,7 @@ HARNESS_C_DIR = Path(__file__).resolve().parent / "c"
 HARNESS_SOURCES = ("rl_harness.c", "rl_main.c")
 BASE_FLAGS = ("-O2", "-std=c11")
 WARN_FLAGS = ("-Wall", "-Werror=implicit-function-declaration")
-SANITIZE_FLAGS = ("-fsanitize=address,undefined", "-fno-omit-frame-pointer",
+SANITIZE_FLAGS = ("-g", "-fsanitize=address,undefined", "-fno-omit-frame-pointer",
                   "-fno-sanitize-recover=all")
 CANDIDATE = "candidate"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,8 +78,8 @@ def classify_run(stdout: str, stderr: str, returncode: int, what: str) -> Harnes
             info = [ln[7:] for ln in stdout.splitlines() if ln.startswith("RLINFO ")]
             detail = line[7:] + ("\nchecks passed before it:\n" + "\n".join(info[-5:])
                                  if info else "")
-            return HarnessFailure(kind, f"{kind}: {rest[0] if rest else ''}", detail,
-                                  phase="validate")
+            return HarnessFailure("validation_error", f"{kind}: {rest[0] if rest else ''}",
+                                  detail, phase="validate")
     if any(m in stderr for m in SANITIZER_MARKERS) or returncode in (23, 24):
         return HarnessFailure("sanitizer", sanitizer_headline(stderr),
                               sanitizer_excerpt(stderr), phase="validate")
@@ -99,21 +100,29 @@ def sanitizer_headline(stderr: str) -> str:
     for line in stderr.splitlines():
         if "runtime error:" in line or "ERROR:" in line:
             text = line.split("==", 2)[-1] if line.startswith("==") else line
-            return one_line("sanitizer: " + text.strip())
+            return one_line("sanitizer: " + tidy_report(text.strip()))
     return "sanitizer: report without a headline"
+
+
+def tidy_report(text: str) -> str:
+    """Undo the harness's symbol renaming and drop temp paths, so reports read naturally."""
+    text = re.sub(r"__rl_(cand|ref\d+)\b", "", text)
+    return re.sub(r"(/[^\s:()]+/)+([^/\s:()]+)", r"\2", text)
 
 
 def sanitizer_excerpt(stderr: str, lines: int = 30) -> str:
     """The first lines of the report (headline, access, stack) — what a model can act on."""
-    out = [ln for ln in stderr.splitlines() if ln.strip()]
+    out = [ln for ln in tidy_report(stderr).splitlines() if ln.strip()]
     start = next((i for i, ln in enumerate(out) if "ERROR:" in ln or "runtime error:" in ln), 0)
     return clip("\n".join(out[start:start + lines]))
 
 
-def validate(build: cbuild.Build, workdir: Path, seed: int, timeout: float) -> str:
-    """Run the sanitizer build's adversarial validation; return its log or raise."""
+def validate(build: cbuild.Build, workdir: Path, seed: int, timeout: float,
+             index: int | None = None) -> str:
+    """Run the sanitizer build's adversarial validation (all impls, or impl `index`)."""
+    argv = [str(build.binary), "validate", str(seed)] + ([] if index is None else [str(index)])
     try:
-        proc = subprocess.run([str(build.binary), "validate", str(seed)], cwd=workdir,
+        proc = subprocess.run(argv, cwd=workdir,
                               capture_output=True, text=True, timeout=timeout,
                               env=sanitizer_env(), stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:

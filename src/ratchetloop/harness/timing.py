@@ -153,8 +153,8 @@ def measure(
             kind, _, text = msg.partition(" ")
             where = f"benchmark case {cases[int(ci)][0]} (optimised build)"
             if int(impl) == 0:
-                raise HarnessFailure(kind, f"{kind}: {where}: {text}", "\n".join(bad),
-                                     phase="validate")
+                raise HarnessFailure("validation_error", f"{kind}: {where}: {text}",
+                                     "\n".join(bad), phase="validate")
             raise HarnessFailure("harness_error", f"reference {who!r} fails {where}: {text}",
                                  "\n".join(bad), phase="validate")
     samples: dict[str, dict[str, list[float]]] = {

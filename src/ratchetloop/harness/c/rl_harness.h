@@ -43,8 +43,9 @@ void *rl_buf_alloc(rl_buf *b, size_t bytes, size_t misalign, size_t front, size_
 int rl_buf_guards_ok(const rl_buf *b, long *offset);
 void rl_buf_free(rl_buf *b);
 
-/* Report a validation failure and exit(3): prints "RLFAIL <kind> <message>" on stdout.
- * kind is one word: wrong_result, guard_overwrite, stale_result, nan_inf, input_modified... */
+/* Report a validation failure and exit(3): prints "RLFAIL <check> <message>" on stdout.
+ * check is one word (wrong_result, guard_overwrite, stale_result, nan_inf, input_modified...);
+ * Python reports it as kind "validation_error" with the message "<check>: <message>". */
 void rl_fail(const char *kind, const char *fmt, ...)
     __attribute__((noreturn, format(printf, 2, 3)));
 /* Free-form progress line on stdout ("RLINFO ..."), e.g. which check is running. */

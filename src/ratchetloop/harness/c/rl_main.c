@@ -1,8 +1,8 @@
 /* ratchetloop C harness main(): validation mode and the persistent timing protocol.
  *
- *   prog validate <seed>      run rl_validate() on every impl in the table (the eval build
- *                             holds only the candidate); "RLIMPL <name>" precedes each;
- *                             prints RLOK when all pass
+ *   prog validate <seed> [i]  run rl_validate() on every impl in the table (the eval build
+ *                             holds only the candidate), or only on impl i; "RLIMPL <name>"
+ *                             precedes each; prints RLOK when all pass
  *   prog bench                read commands on stdin, one per line, answer on stdout:
  *     seed <u64>                        reseed the RNG (inputs and per-round order)
  *     case <name> <p0> <p1> ...         add a case (integer params, experiment's order)
@@ -155,7 +155,9 @@ static int bench_loop(void) {
 
 int main(int argc, char **argv) {
     if (argc >= 2 && !strcmp(argv[1], "validate")) {
+        int only = argc >= 4 ? atoi(argv[3]) : -1;
         for (int i = 0; i < rl_n_impls; i++) {
+            if (only >= 0 && i != only) continue;
             rl_rng vr = {argc >= 3 ? strtoull(argv[2], NULL, 10) : 1};
             printf("RLIMPL %s\n", rl_impl_names[i]);
             fflush(stdout);
