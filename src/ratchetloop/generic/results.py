@@ -48,7 +48,8 @@ class ResultsReporter:
         self.counts[status] += 1
         self.seen += 1
         metric = "" if outcome.score is None else f"{outcome.score:.6g}"
-        words = [outcome.note or "no note"]
+        row_ = scores.row(outcome.commit) if outcome.commit else None
+        words = [(row_.note if row_ else outcome.note) or "no note"]  # row: after crash fixes
         if status != "keep" and outcome.message:
             words.append(f"[{outcome.failure_kind or outcome.status}: {outcome.message}]")
         description = " ".join(" ".join(words).split())

@@ -1,0 +1,174 @@
+"""The Python API: `Loop(target=..., metric=..., directives=..., proposer=...).run(n)`.
+
+It is a front for generic mode, not another loop: it writes .ratchet/<tag>/ like
+`ratchet init`, then calls the core run_loop with a GenericAdapter. A metric may be a
+command (str) or a callable `metric(target_path) -> float`. Callables never run in the
+loop's process: they are pickled by reference (module + qualified name, or a helper
+object from ratchetloop.metrics) and called in a child python inside the sandbox, in the
+candidate's worktree -- the same isolation a run command gets, and a candidate that hangs
+or crashes the interpreter cannot take the loop down. Only metrics that run no candidate
+code (LLMJudge) are called in-process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import experiment as experiment_mod
+from . import gitops, sandbox
+from .errors import RatchetError
+from .evaluate import PACKAGE_SRC
+from .generic.adapter import GenericAdapter, Measure, Measured
+from .generic.contract import MetricSpec, read_metric
+from .generic.init import init_project
+from .generic.results import ResultsReporter, read_rows
+from .loop import Options, Outcome, QuietReporter, run_loop
+from .proposers import registry
+from .scores import Scores
+
+CHILD_KEY = MetricSpec(kind="json_key", key="ratchet_metric")
+
+
+@dataclass
+class LoopResult:
+    best_metric: float | None
+    seed_metric: float | None
+    best_commit: str | None
+    branch: str
+    stop_reason: str
+    history: list[dict[str, str]] = field(default_factory=list)  # results.tsv rows
+    folder: Path = Path(".")
+
+
+class _Printer(QuietReporter):
+    def outcome(self, outcome: Outcome, scores: Scores) -> None:
+        score = "" if outcome.score is None else f" {outcome.score:.6g}"
+        print(f"#{outcome.iteration} {outcome.status}{score} {outcome.note}"
+              f" {outcome.message}".rstrip())
+
+    def message(self, text: str) -> None:
+        print(text)
+
+
+class Loop:
+    def __init__(self, target: str | Sequence[str], metric: str | Callable[[str], float],
+                 directives: str | None = None, proposer: Any = None,
+                 higher_is_better: bool = True, *, readonly: Sequence[str] = (),
+                 repo: str | Path | None = None, tag: str | None = None,
+                 timeout: float = 300.0, acceptance: dict[str, Any] | None = None,
+                 metric_regex: str | None = None, verbose: bool = False) -> None:
+        targets = [target] if isinstance(target, str | Path) else list(target)
+        start = Path(repo) if repo else Path(targets[0]).resolve().parent
+        self.repo = gitops.repo_root(start)
+        self.editable = [self._rel(t) for t in targets]
+        self.readonly = [self._rel(t) for t in readonly]
+        self.metric, self.directives, self.proposer = metric, directives, proposer
+        self.higher_is_better, self.timeout, self.acceptance = higher_is_better, timeout, acceptance
+        self.metric_regex, self.verbose = metric_regex, verbose
+        self.tag = tag or Path(self.editable[0]).stem.replace("/", "-")
+
+    def _rel(self, path: str | Path) -> str:
+        p = Path(path)
+        p = p if p.is_absolute() else (Path.cwd() / p)
+        if not p.exists():
+            p = self.repo / path
+        return str(p.resolve().relative_to(self.repo.resolve()))
+
+    def run(self, iterations: int = 10, **options: Any) -> LoopResult:
+        """Run up to `iterations` attempts; Options keywords (patience, max_cost...) apply."""
+        if os.environ.get("RATCHET_METRIC_CHILD"):
+            raise RatchetError("Loop.run() called while importing a metric in its sandboxed"
+                               " child: guard it with `if __name__ == \"__main__\":`")
+        folder = self.repo / ".ratchet" / self.tag
+        command = self.metric if isinstance(self.metric, str) else (
+            f"{sys.executable} -m ratchetloop.generic.child {folder / 'metric.json'} {{target}}")
+        metric = (MetricSpec(kind="regex", pattern=self.metric_regex) if self.metric_regex
+                  else MetricSpec() if isinstance(self.metric, str) else CHILD_KEY)
+        init_project(self.repo, tag=self.tag, editable=self.editable, readonly=self.readonly,
+                     run_command=command, metric=metric, higher_is_better=self.higher_is_better,
+                     timeout=self.timeout, directives=self.directives, force=True,
+                     acceptance=self.acceptance)
+        exp = experiment_mod.load(folder)
+        measure_fn = None if isinstance(self.metric, str) else callable_measure(
+            self.metric, folder, self.editable[0], self.timeout)
+        adapter = GenericAdapter(exp, measure_fn)
+        adapter.prepare()
+        proposer = (registry.resolve(self.proposer, exp) if self.proposer is None
+                    or isinstance(self.proposer, str) else self.proposer)
+        reporter = ResultsReporter(_Printer() if self.verbose else QuietReporter(), folder)
+        summary = run_loop(exp, proposer, Options(iterations=iterations, **options), reporter,
+                           adapter)
+        best = summary.best
+        return LoopResult(
+            best_metric=best.score if best else None,
+            seed_metric=summary.seed.score if summary.seed else None,
+            best_commit=None if best is None or best.commit == "seed" else best.commit,
+            branch=adapter.trees.branch, stop_reason=summary.stop_reason,
+            history=read_rows(folder / "results.tsv"), folder=folder)
+
+
+def callable_measure(metric: Callable[[str], float], folder: Path, target: str,
+                     timeout: float) -> Measure:
+    """A Measure that calls `metric(<worktree>/<target>)`: sandboxed child, or in-process
+    for the parts that run no candidate code (see ratchetloop.metrics.LLMJudge)."""
+    parts = list(getattr(metric, "parts", [])) if getattr(metric, "in_process", False) else []
+    units = parts or [(metric, 1.0)]
+    specs = [None if getattr(m, "in_process", False) else _pickle(m, folder, i)
+             for i, (m, _) in enumerate(units)]
+
+    def run(cwd: Path) -> Measured:
+        path, total, logs = str(cwd / target), 0.0, []
+        for (m, weight), spec in zip(units, specs, strict=True):
+            if spec is None:
+                try:
+                    value: float | None = float(m(path))
+                except Exception as exc:
+                    return Measured(None, traceback.format_exc()[-3000:], "crash",
+                                    f"metric raised {type(exc).__name__}: {exc}"[:300])
+            else:
+                proc = sandbox.run([sys.executable, "-m", "ratchetloop.generic.child", str(spec),
+                                    path], cwd=cwd, timeout=timeout,
+                                   env={"PYTHONPATH": str(PACKAGE_SRC)},
+                                   ro_paths=[folder, *_user_paths()])
+                logs.append(proc.stdout + proc.stderr)
+                if proc.timed_out:
+                    return Measured(None, logs[-1], "timeout", f"metric exceeded {timeout:.0f}s")
+                value = read_metric(proc.stdout, CHILD_KEY) if proc.ok else None
+                if value is None:
+                    return Measured(None, logs[-1][-4000:], "crash",
+                                    f"metric exited {proc.returncode} without a value")
+            total += weight * value
+        return Measured(total, "\n".join(logs)[-4000:])
+
+    return run
+
+
+def _user_paths() -> list[Path]:
+    return [Path(p or os.getcwd()) for p in sys.path if Path(p or os.getcwd()).is_dir()]
+
+
+def _pickle(metric: Any, folder: Path, index: int) -> Path:
+    try:
+        blob = pickle.dumps(metric)
+    except (pickle.PicklingError, AttributeError, TypeError) as exc:
+        raise RatchetError(
+            "the metric must be picklable by reference (a module-level function, or an object"
+            f" of a module-level class such as ratchetloop.metrics.*), not a lambda: {exc}"
+        ) from None
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"metric-{index}.pickle").write_bytes(blob)
+    main = getattr(sys.modules.get("__main__"), "__file__", None)
+    spec = {"pickle": str(folder / f"metric-{index}.pickle"),
+            "main": main if b"__main__" in blob else None,
+            "path": [str(p) for p in _user_paths()]}
+    path = folder / ("metric.json" if index == 0 else f"metric-{index}.json")
+    path.write_text(json.dumps(spec), encoding="utf-8")
+    return path

@@ -1,0 +1,39 @@
+"""A tiny user repository for generic-mode tests: calc.py is edited, score.py prints the metric."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+CALC = "def cost():\n    base = 10\n    return base\n"
+SCORE = "from calc import cost\n\nprint('running')\nprint(f'cost={cost()} units')\n"
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True,
+                          text=True).stdout
+
+
+def make_repo(root: Path, calc: str = CALC) -> Path:
+    repo = root / "proj"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "config", "user.email", "t@example.com")
+    git(repo, "config", "user.name", "t")
+    (repo / "calc.py").write_text(calc)
+    (repo / "score.py").write_text(SCORE)
+    git(repo, "add", ".")
+    git(repo, "commit", "-qm", "start")
+    return repo
+
+
+def calc_reply(value: int, note: str, extra: str = "") -> str:
+    return (f"File: calc.py\n```python\ndef cost():\n{extra}    return {value}\n```\n"
+            f"Note: {note}\n")
+
+
+def snapshot(repo: Path) -> dict[str, str]:
+    """Everything about the user's checkout the loop must leave alone."""
+    return {"head": git(repo, "rev-parse", "HEAD"), "branch": git(repo, "branch", "--show-current"),
+            "status": git(repo, "status", "--porcelain", "--untracked-files=no"),
+            "index": git(repo, "diff", "--cached"), "calc": (repo / "calc.py").read_text()}
