@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,8 +20,57 @@ def git(repo: Path, *args: str, check: bool = True) -> str:
     env.setdefault("GIT_TERMINAL_PROMPT", "0")
     proc = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, env=env)
     if check and proc.returncode != 0:
-        raise RatchetError(f"git {args[0]} failed: {proc.stderr.strip().splitlines()[-1:]}")
+        lines = proc.stderr.strip().splitlines()
+        reason = next((ln for ln in lines if ln.startswith(("fatal:", "error:"))),
+                      lines[-1] if lines else f"exit {proc.returncode}")
+        raise RatchetError(f"git {args[0]} failed: {reason}")
     return proc.stdout
+
+
+def clear_stale_locks(repo: Path, wait: float = 10.0) -> None:
+    """A git killed mid-commit (e.g. with the loop, by SIGKILL) leaves index.lock or a ref
+    lock behind and every later commit fails. Wait while a live process holds one; remove it
+    once nobody has it open (checked through /proc) and it is not brand new; otherwise say
+    what to do."""
+    branch = git(repo, "symbolic-ref", "-q", "HEAD", check=False).strip()
+    names = ["index.lock", "HEAD.lock"] + ([f"{branch}.lock"] if branch else [])
+    for name in names:
+        lock = Path(git(repo, "rev-parse", "--git-path", name).strip())
+        _clear_stale_lock(lock if lock.is_absolute() else repo / lock, repo, wait)
+
+
+def _clear_stale_lock(lock: Path, repo: Path, wait: float) -> None:
+    deadline = time.monotonic() + wait
+    while lock.exists():
+        held = _open_by_some_process(lock)
+        try:
+            age = time.time() - lock.stat().st_mtime
+        except FileNotFoundError:
+            return
+        if held is False and age >= 1.0:
+            lock.unlink(missing_ok=True)
+            return
+        if time.monotonic() >= deadline:
+            raise RatchetError(
+                f"{lock} exists: another git process is running in {repo}, or one was killed;"
+                " if no git command is running, remove that file and run again")
+        time.sleep(0.1)
+
+
+def _open_by_some_process(path: Path) -> bool | None:
+    """Whether any process has `path` open; None when /proc cannot tell."""
+    proc = Path("/proc")
+    if not (proc / "self" / "fd").is_dir():
+        return None
+    target = str(path.resolve())
+    for fd_dir in proc.glob("[0-9]*/fd"):
+        try:
+            for fd in fd_dir.iterdir():
+                if os.readlink(fd) == target:
+                    return True
+        except OSError:
+            continue
+    return False
 
 
 def repo_root(folder: Path) -> Path:
@@ -52,6 +102,7 @@ def commit_paths(repo: Path, paths: Sequence[Path], message: str) -> str:
     rel = [str(Path(p).resolve().relative_to(repo)) for p in paths if Path(p).exists()]
     if not rel:
         raise RatchetError("nothing to commit")
+    clear_stale_locks(repo)
     git(repo, "add", "--", *rel)
     proc = subprocess.run(
         ["git", "commit", "--no-verify", "--only", "-q", "-F", "-", "--", *rel],
