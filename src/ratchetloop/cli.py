@@ -25,7 +25,7 @@ def run_cli_guarded(fn: Callable[[], Any]) -> Any:
     try:
         return fn()
     except RatchetError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         err_console.print("interrupted")
