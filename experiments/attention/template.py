@@ -56,10 +56,11 @@ def _vexp(dst: str, src: str) -> str:
     Inputs below -88.4 (including -inf) give exactly 0, which is how masked scores vanish.
     """
     return f"""{{
-                __m256 x_ = _mm256_max_ps(_mm256_min_ps({src}, _mm256_set1_ps(88.3762626647949f)),
-                                          _mm256_set1_ps(-88.3762626647949f));
-                __m256 fx_ = _mm256_floor_ps(_mm256_fmadd_ps(x_, _mm256_set1_ps(1.44269504088896341f),
-                                                             _mm256_set1_ps(0.5f)));
+                __m256 x_ = _mm256_min_ps({src}, _mm256_set1_ps(88.3762626647949f));
+                x_ = _mm256_max_ps(x_, _mm256_set1_ps(-88.3762626647949f));
+                __m256 fx_ = _mm256_fmadd_ps(x_, _mm256_set1_ps(1.44269504088896341f),
+                                             _mm256_set1_ps(0.5f));
+                fx_ = _mm256_floor_ps(fx_);
                 x_ = _mm256_fnmadd_ps(fx_, _mm256_set1_ps(0.693359375f), x_);
                 x_ = _mm256_fnmadd_ps(fx_, _mm256_set1_ps(-2.12194440e-4f), x_);
                 __m256 y_ = _mm256_set1_ps(1.9875691500e-4f);
@@ -68,7 +69,8 @@ def _vexp(dst: str, src: str) -> str:
                 y_ = _mm256_fmadd_ps(y_, x_, _mm256_set1_ps(4.1665795894e-2f));
                 y_ = _mm256_fmadd_ps(y_, x_, _mm256_set1_ps(1.6666665459e-1f));
                 y_ = _mm256_fmadd_ps(y_, x_, _mm256_set1_ps(5.0000001201e-1f));
-                y_ = _mm256_fmadd_ps(y_, _mm256_mul_ps(x_, x_), _mm256_add_ps(x_, _mm256_set1_ps(1.0f)));
+                __m256 x1_ = _mm256_add_ps(x_, _mm256_set1_ps(1.0f));
+                y_ = _mm256_fmadd_ps(y_, _mm256_mul_ps(x_, x_), x1_);
                 __m256i n_ = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(fx_),
                                                                 _mm256_set1_epi32(127)), 23);
                 {dst} = _mm256_mul_ps(y_, _mm256_castsi256_ps(n_));
@@ -185,16 +187,21 @@ def _pv(simd: str, online: bool, jcount: str, prow: str) -> str:
     Two-pass writes out rows directly, scaled by inv. Any D: 16- and 8-wide vector blocks,
     then a scalar tail.
     """
+    def load_init(w: int) -> str:
+        if online:
+            return f"_mm256_mul_ps(_mm256_loadu_ps(acc + (size_t)r * DP + d0 + {8 * w}), vcorr_[r])"
+        return "_mm256_setzero_ps()"
+
+    def store(w: int, a: str) -> str:
+        if online:
+            return f"_mm256_storeu_ps(acc + (size_t)r * DP + d0 + {8 * w}, {a});"
+        return (f"if (r < nq) _mm256_storeu_ps(oh + (size_t)(i0 + r) * D + d0 + {8 * w}, "
+                f"_mm256_mul_ps({a}, vinv_[r]));")
+
     if online:
-        init = "acc + (size_t)r * DP + d0"
-        load_init = lambda w: f"_mm256_mul_ps(_mm256_loadu_ps({init} + {8 * w}), vcorr_[r])"  # noqa: E731
-        store = lambda w, a: f"_mm256_storeu_ps({init} + {8 * w}, {a});"  # noqa: E731
         scalar_init = "acc[(size_t)r * DP + d0] * corr[r]"
         scalar_store = "acc[(size_t)r * DP + d0] = a_[r];"
     else:
-        load_init = lambda w: "_mm256_setzero_ps()"  # noqa: E731
-        store = lambda w, a: (f"if (r < nq) _mm256_storeu_ps(oh + (size_t)(i0 + r) * D + d0"
-                              f" + {8 * w}, _mm256_mul_ps({a}, vinv_[r]));")
         scalar_init = "0.0f"
         scalar_store = "if (r < nq) oh[(size_t)(i0 + r) * D + d0] = a_[r] * inv[r];"
     if simd != "avx2":

@@ -1,0 +1,273 @@
+"""attention experiment: every adversarial check catches a candidate built to slip past it,
+every tuner rendering is correct, and eval.py works end to end through run_eval."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from ratchetloop import experiment
+from ratchetloop.evaluate import run_eval
+from ratchetloop.experiment import Acceptance
+from ratchetloop.harness import cbuild
+from ratchetloop.harness.cbuild import Impl
+from ratchetloop.harness.run import classify_run, sanitizer_env
+
+EXP = Path(__file__).resolve().parents[1] / "experiments" / "attention"
+FIXTURES = EXP / "fixtures"
+# small benchmark-like shapes keep the suite fast; gqa128 has T >= 128 for the fixture that
+# misbehaves only on long sequences
+SHAPES = [[1, 12, 12, 32, 32, 64, 1], [1, 12, 4, 128, 128, 64, 1]]
+
+pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
+
+
+def load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"attention_{name}", EXP / f"{name}.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+EVAL = load("eval")
+TEMPLATE = load("template")
+SECURITY = load("security")
+PROMPT = load("prompt")
+
+
+def validate_source(source: str, tmp: Path, sanitize: bool) -> tuple[str | None, str]:
+    """Build one candidate with the attention driver, run rl_validate; (failure kind, text)."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / "candidate.c").write_text(source)
+    (tmp / "attn_shapes.c").write_text(EVAL.shapes_source(SHAPES))
+    built = cbuild.build(EVAL.SPEC.target, [Impl("candidate", tmp / "candidate.c")],
+                         [EXP / "driver.c", tmp / "attn_shapes.c"], tmp / "build",
+                         sanitize=sanitize)
+    proc = subprocess.run([str(built.binary), "validate", "11"], capture_output=True,
+                          text=True, timeout=300, env=sanitizer_env() if sanitize else None)
+    problem = classify_run(proc.stdout, proc.stderr, proc.returncode, "validation")
+    if problem is None:
+        return None, proc.stdout
+    return failure_kind(problem.kind, problem.message), problem.message
+
+
+def failure_kind(kind: str, message: str) -> str:
+    """The driver's own kind (wrong_result, masked_row, ...) inside a validation_error."""
+    return message.split(":", 1)[0] if kind == "validation_error" else kind
+
+
+# fixture -> the failure kinds that count as "caught" (and the build that must catch it)
+CAUGHT = {
+    "no_max_subtraction": {"nan_inf_large"},
+    "wrong_gqa_mapping": {"wrong_result"},
+    "ignores_mask": {"masked_row", "wrong_result"},
+    "causal_misaligned": {"wrong_result"},
+    "masked_row_nan": {"masked_row"},
+    "writes_past_end": {"guard_overwrite", "sanitizer"},
+    "reads_past_end": {"sanitizer"},
+    "shape_specialised": {"wrong_result"},
+    "wrong_on_benchmark_shapes": {"wrong_result"},
+    "caches_across_calls": {"nan_inf", "wrong_result"},
+    "accumulates_into_output": {"nan_inf", "wrong_result"},
+    "scalar_tail_missing": {"wrong_result"},
+}
+
+
+def test_every_fixture_has_an_expectation() -> None:
+    assert {p.stem for p in FIXTURES.glob("*.c")} == set(CAUGHT)
+
+
+def test_naive_passes_the_sanitizer_validation(tmp_path: Path) -> None:
+    kind, text = validate_source((EXP / "naive.c").read_text(), tmp_path, sanitize=True)
+    assert kind is None, text
+    assert "rows checked" in text
+
+
+@pytest.mark.parametrize("name", sorted(CAUGHT))
+def test_validation_catches_fixture(name: str, tmp_path: Path) -> None:
+    kind, message = validate_source((FIXTURES / f"{name}.c").read_text(), tmp_path,
+                                    sanitize=True)
+    assert kind in CAUGHT[name], f"{name}: {kind}: {message}"
+
+
+def test_caching_fixture_fails_on_the_second_call(tmp_path: Path) -> None:
+    kind, message = validate_source((FIXTURES / "caches_across_calls.c").read_text(), tmp_path,
+                                    sanitize=False)
+    assert kind is not None and "second call" in message
+
+
+def test_large_logit_failure_tells_the_model_why(tmp_path: Path) -> None:
+    _, message = validate_source((FIXTURES / "no_max_subtraction.c").read_text(), tmp_path,
+                                 sanitize=False)
+    assert "subtract the row maximum" in message
+
+
+# ---------------------------------------------------------------- security
+
+def test_security_allows_naive_and_every_template_rendering() -> None:
+    assert SECURITY.check((EXP / "naive.c").read_text()) == []
+    for knobs in TEMPLATE.combinations():
+        assert SECURITY.check(TEMPLATE.render(knobs)) == [], knobs
+
+
+@pytest.mark.parametrize("snippet", [
+    '#include <stdio.h>\nvoid attention(void) { printf("x"); }',
+    '#include "../driver.c"\nvoid attention(void) {}',
+    "void attention(void) { system(0); }",
+    'void attention(void) { __asm__("nop"); }',
+    "__attribute__((constructor)) void attention(void) {}",
+    "void attention(void) { static float cache[4]; cache[0] = 1; }",
+    "void attention(void) { static const float *last; (void)last; }",
+    "float cache[64];\nvoid attention(void) {}",
+    "#pragma GCC poison x\nvoid attention(void) {}",
+    "#define J(a, b) a##b\nvoid attention(void) { J(sys, tem)(0); }",
+    "%:include <stdio.h>\nvoid attention(void) {}",
+    "void attention(void) { sys\\\ntem(0); }",
+    "void attention(void) { void *h = dlopen(0, 0); (void)h; }",
+    'void attention(void) { _Pragma("GCC poison x") }',
+])
+def test_security_rejects(snippet: str) -> None:
+    assert SECURITY.check(snippet), snippet
+
+
+def test_security_rejects_the_caching_fixture() -> None:
+    reasons = SECURITY.check((FIXTURES / "caches_across_calls.c").read_text())
+    assert any("static" in r for r in reasons)
+
+
+def test_security_keeps_constant_tables() -> None:
+    src = "void attention(void) { static const float c[2] = {1.0f, 2.0f}; (void)c; }"
+    assert SECURITY.check(src) == []
+
+
+# ---------------------------------------------------------------- tuner template
+
+def covering_sample() -> list[dict]:
+    """Every value of every knob at least once, each simd path with both softmaxes."""
+    rows = [("avx2", "online", 4, 16, "O3"), ("avx2", "two_pass", 1, 32, "O2"),
+            ("avx2", "online", 2, 8, "O2"), ("scalar", "two_pass", 4, 8, "O3"),
+            ("scalar", "online", 1, 16, "O2"), ("scalar", "two_pass", 2, 32, "O3")]
+    return [dict(zip(TEMPLATE.KNOBS, row, strict=True)) for row in rows]
+
+
+def test_contract_declares_the_template_knobs() -> None:
+    contract = json.loads((EXP / "experiment.json").read_text())
+    assert contract["knobs"] == TEMPLATE.KNOBS
+    assert contract["template"] == "template.py"
+    sample = covering_sample()
+    for name, values in TEMPLATE.KNOBS.items():
+        assert {k[name] for k in sample} == set(values)
+
+
+def test_template_rejects_unknown_knobs() -> None:
+    with pytest.raises(ValueError):
+        TEMPLATE.render({"key_block": 12})
+
+
+@pytest.mark.parametrize("knobs", covering_sample(), ids=lambda k: "-".join(map(str, k.values())))
+def test_template_rendering_passes_validation(knobs: dict, tmp_path: Path) -> None:
+    kind, message = validate_source(TEMPLATE.render(knobs), tmp_path, sanitize=False)
+    assert kind is None, f"{knobs}: {message}"
+
+
+def test_default_rendering_passes_the_sanitizer(tmp_path: Path) -> None:
+    kind, message = validate_source(TEMPLATE.render(TEMPLATE.DEFAULTS), tmp_path, sanitize=True)
+    assert kind is None, message
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("RATCHET_FULL_TEMPLATE"),
+                    reason="all 72 combinations take minutes; set RATCHET_FULL_TEMPLATE=1")
+@pytest.mark.parametrize("knobs", TEMPLATE.combinations(),
+                         ids=lambda k: "-".join(map(str, k.values())))
+def test_every_template_combination_passes_validation(knobs: dict, tmp_path: Path) -> None:
+    kind, message = validate_source(TEMPLATE.render(knobs), tmp_path, sanitize=False)
+    assert kind is None, f"{knobs}: {message}"
+
+
+# ---------------------------------------------------------------- eval.py end to end
+
+def quick_experiment() -> experiment.Experiment:
+    exp = experiment.load(str(EXP))
+    exp.acceptance = Acceptance(min_rounds=3, max_rounds=3, batch_rounds=3, max_seconds=30)
+    return exp
+
+
+def test_eval_naive_vs_naive_returns_paired_samples_per_case() -> None:
+    exp = quick_experiment()
+    naive = exp.naive_path.read_text()
+    result = run_eval(exp, naive, {"incumbent": naive})
+    assert result.ok, result.failure
+    assert set(result.samples) == {c.name for c in exp.enabled_cases}
+    assert "ctx1024" not in result.samples  # defined but disabled by default
+    for case, by_impl in result.samples.items():
+        assert set(by_impl) == {"candidate", "incumbent"}
+        assert len(by_impl["candidate"]) == len(by_impl["incumbent"]) == result.rounds >= 3
+        assert all(t > 0 for t in by_impl["candidate"] + by_impl["incumbent"]), case
+    # the bigger case costs more than the small one for the same code
+    med = {c: sorted(v["candidate"])[len(v["candidate"]) // 2] for c, v in result.samples.items()}
+    assert med["ctx256"] > med["ctx32"]
+
+
+def test_eval_rejects_a_wrong_candidate_before_timing() -> None:
+    exp = quick_experiment()
+    bad = (FIXTURES / "wrong_gqa_mapping.c").read_text()
+    result = run_eval(exp, bad, {"incumbent": exp.naive_path.read_text()})
+    assert not result.ok
+    assert result.phase == "validate"
+    assert result.failure is not None
+    assert failure_kind(result.failure.kind, result.failure.message) == "wrong_result"
+    assert not result.samples
+
+
+def test_shapes_source_lists_enabled_cases() -> None:
+    text = EVAL.shapes_source([[1, 2, 1, 3, 4, 5, 1]])
+    assert "{1, 2, 1, 3, 4, 5, 1}" in text and "attn_n_shapes = 1;" in text
+    assert "attn_n_shapes = 0;" in EVAL.shapes_source([])
+
+
+# ---------------------------------------------------------------- prompt and seed
+
+def test_prompt_shows_best_specialists_memory_and_failure() -> None:
+    naive = (EXP / "naive.c").read_text()
+    best = TEMPLATE.render(TEMPLATE.DEFAULTS)
+    special = TEMPLATE.render({**TEMPLATE.DEFAULTS, "query_block": 1})
+    text = PROMPT.build({
+        "experiment_md": (EXP / "EXPERIMENT.md").read_text(), "target_function": "attention",
+        "language": "c", "naive_source": naive, "incumbent_source": best,
+        "incumbent_score": 812.5, "seed_score": 9000.0, "unit": "us",
+        "specialists": [{"case": "ctx32", "score": 40.2, "source": special},
+                        {"case": "ctx256", "score": 500.0, "source": best}],
+        "memory_md": "- worked: online softmax", "iteration": 7,
+        "last_failure": {"kind": "nan_inf_large", "message": "row max", "detail": "RLFAIL x"},
+        "cases": [{"name": "ctx32", "params": {"T": 32}}],
+    })
+    assert "812.5 us" in text and "9000.0 us" in text
+    assert "### ctx32: 40.2 us" in text and special.strip() in text
+    assert "### ctx256" not in text  # same code as the overall best: not repeated
+    assert "online softmax" in text and "nan_inf_large" in text and "RLFAIL x" in text
+    assert "exactly one function `attention`" in text
+
+
+def test_seed_script_resets_a_copy(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    shutil.copytree(EXP.parents[1] / "src", repo / "src")
+    shutil.copytree(EXP, repo / "experiments" / "attention",
+                    ignore=shutil.ignore_patterns("runs", "winners", "SCORES.*", "MEMORY.*"))
+    folder = repo / "experiments" / "attention"
+    (folder / "candidate.c").write_text("/* stale */\n")
+    (folder / "runs").mkdir()
+    proc = subprocess.run([sys.executable, "experiments/attention/seed.py"], cwd=repo,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert (folder / "candidate.c").read_text() == (folder / "naive.c").read_text()
+    assert not (folder / "runs").exists()
