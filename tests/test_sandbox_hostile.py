@@ -116,10 +116,10 @@ def test_cpu_limit_stops_a_spinner_before_the_wall_clock(bins: Path, work: Path)
 def test_sleep_past_the_timeout(work: Path) -> None:
     script = work / "sleeper.py"
     script.write_text("import time\nprint('going to sleep', flush=True)\ntime.sleep(600)\n")
-    res = sandbox.run([sys.executable, str(script)], cwd=work, timeout=1.0)
+    res = sandbox.run([sys.executable, str(script)], cwd=work, timeout=3.0)
     assert res.timed_out
     assert "going to sleep" in res.stdout
-    assert res.wall_seconds < 5
+    assert res.wall_seconds < 10
 
 
 # ----------------------------------------------------------------- processes
@@ -194,6 +194,17 @@ def test_multi_gb_file_is_stopped_by_the_file_size_limit(bins: Path, work: Path)
     assert "refusing" not in res.stdout
     assert res.signal == signal.SIGXFSZ, (res, res.stdout)
     assert (work / "big.bin").stat().st_size <= 16 << 20
+
+
+@need("mount-namespace")
+def test_many_files_cannot_fill_the_disk(bins: Path, work: Path) -> None:
+    res = sandbox.run([stage(bins, work, "diskfill")], cwd=work, timeout=30,
+                      limits=Limits(work_bytes=32 << 20, file_bytes=8 << 20))
+    assert "refusing" not in res.stdout, res.stdout
+    assert "disk full after" in res.stdout, (res.stdout, res.stderr)
+    assert int(res.stdout.split("after ")[1].split()[0]) <= 8
+    used = sum(p.stat().st_size for p in work.iterdir())  # what was copied back
+    assert used <= 40 << 20
 
 
 def test_stdout_flood_is_capped(bins: Path, work: Path) -> None:
@@ -293,7 +304,7 @@ def test_keys_file_and_other_processes_environ_are_out_of_reach(
                           timeout=20)
         assert res.returncode == 0, res.stderr
         assert f"file {keys}: FileNotFoundError" in res.stdout
-        assert "proc 1: " in res.stdout  # it could read /proc, just nothing of ours
+        assert "\nproc " in res.stdout  # it could read /proc (its own), just nothing of ours
         assert fake not in res.stdout + res.stderr
     finally:
         holder.kill()

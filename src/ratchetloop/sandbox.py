@@ -69,6 +69,7 @@ import resource
 import secrets
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -94,6 +95,10 @@ class Limits:
     processes: int = 512  # pids cgroup (RLIMIT_NPROC for non-root callers)
     output_bytes: int = 1 << 20  # returned per stream (head and tail kept)
     tmp_bytes: int = 512 << 20  # size of the private /tmp tmpfs
+    # Total disk the run may use in its work dir: with the mount namespace the run works on a
+    # tmpfs copy of that size (charged to the memory cgroup) and the init copies regular
+    # files back when the command exits (not after a timeout). None: the real dir, rw.
+    work_bytes: int | None = 1 << 30
     address_space_bytes: int | None = None  # RLIMIT_AS; breaks ASan, off by default
 
 
@@ -499,7 +504,7 @@ def _init_config(argv: Sequence[str], cwd: Path, env: Mapping[str, str], limits:
     return {
         "argv": list(argv), "cwd": os.path.realpath(cwd), "env": dict(env), "mount": mount,
         "pid_ns": pid_ns, "keep": list(keep), "home": home, "status_fd": status_fd,
-        "tmp_bytes": limits.tmp_bytes, "deadline": None,
+        "tmp_bytes": limits.tmp_bytes, "deadline": None, "work_bytes": limits.work_bytes,
     }
 
 
@@ -654,6 +659,7 @@ _MOUNT_OPTS = {"ro": MS_RDONLY, "nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec"
                "noatime": MS_NOATIME, "nodiratime": MS_NODIRATIME, "relatime": MS_RELATIME}
 PR_SET_NO_NEW_PRIVS, PR_CAPBSET_DROP, PR_SET_CHILD_SUBREAPER = 38, 24, 36
 PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
+PR_SET_DUMPABLE, MNT_DETACH = 4, 2
 DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
 
 
@@ -689,7 +695,9 @@ def _under(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip("/") + "/")
 
 
-def _setup_fs(cfg: Mapping[str, Any]) -> None:
+def _setup_fs(cfg: Mapping[str, Any]) -> int | None:
+    """Build the filesystem view; returns a write handle on the real work dir if the run
+    works on a size-capped tmpfs copy of it (the init copies results back at the end)."""
     libc = _libc()
     work = cfg["cwd"]
     home = cfg["home"]
@@ -729,12 +737,63 @@ def _setup_fs(cfg: Mapping[str, Any]) -> None:
     for p in keep:
         if any(_under(p, h) for h in hide):
             _bind_back(libc, fds[p], p, readonly=True)
-    _bind_back(libc, fds[work], work, readonly=False)
+    rw_fd: int | None = None
+    if cfg.get("work_bytes"):
+        rw_fd = _detached_rw_handle(libc, fds[work])
+        mode = os.stat(f"/proc/self/fd/{fds[work]}").st_mode & 0o7777
+        os.makedirs(work, exist_ok=True)
+        _mount(libc, "tmpfs", work, "tmpfs", MS_NOSUID | MS_NODEV,
+               f"size={cfg['work_bytes']},mode={mode:o}")
+        shutil.copytree(f"/proc/self/fd/{rw_fd}", work, symlinks=True, dirs_exist_ok=True,
+                        ignore=_only_files(links=True))
+    else:
+        _bind_back(libc, fds[work], work, readonly=False)
     for h in hide:  # hidden dirs stay empty and read-only (except the private /tmp)
         if h != "/tmp":
             _mount(libc, None, h, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
     for fd in [*fds.values(), *dev_fds.values()]:
         os.close(fd)
+    return rw_fd
+
+
+def _detached_rw_handle(libc: ctypes.CDLL, fd: int) -> int:
+    """A writable handle on a directory that no path in this namespace leads to."""
+    stage = "/dev/.ratchet-work"
+    os.mkdir(stage, 0o700)
+    _mount(libc, f"/proc/self/fd/{fd}", stage, None, MS_BIND)
+    _mount(libc, None, stage, None, MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV)
+    handle = os.open(stage, os.O_PATH | os.O_DIRECTORY)
+    if libc.umount2(stage.encode(), MNT_DETACH) != 0:
+        raise _SetupError(f"umount {stage}: {os.strerror(ctypes.get_errno())}")
+    os.rmdir(stage)
+    return handle
+
+
+def _only_files(*, links: bool) -> Any:
+    """copytree ignore= callback: skip fifos, sockets, devices (and symlinks unless `links`)."""
+    def skip(directory: str, names: list[str]) -> list[str]:
+        out = []
+        for n in names:
+            try:
+                mode = os.lstat(os.path.join(directory, n)).st_mode
+            except OSError:
+                out.append(n)
+                continue
+            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or (links and stat.S_ISLNK(mode))):
+                out.append(n)
+        return out
+
+    return skip
+
+
+def _copy_back(work: str, rw_fd: int) -> None:
+    """Copy the run's work dir (tmpfs) back to the real one: regular files and dirs only."""
+    try:
+        shutil.copytree(work, f"/proc/self/fd/{rw_fd}", ignore=_only_files(links=False),
+                        dirs_exist_ok=True)
+    except (OSError, shutil.Error) as exc:
+        print(f"ratchet sandbox: copying the work dir back: {str(exc)[:500]}", file=sys.stderr,
+              flush=True)
 
 
 def _bind_back(libc: ctypes.CDLL, fd: int, path: str, *, readonly: bool) -> None:
@@ -818,11 +877,14 @@ def _init_main(cfg: Mapping[str, Any]) -> int:
             except OSError:
                 pass
 
+    rw_fd: int | None = None
     try:
         if cfg["mount"]:
-            _setup_fs(cfg)
+            rw_fd = _setup_fs(cfg)
         os.chdir(cfg["cwd"])
-        _libc().prctl(PR_SET_CHILD_SUBREAPER, ctypes.c_ulong(1), 0, 0, 0)
+        libc = _libc()
+        libc.prctl(PR_SET_CHILD_SUBREAPER, ctypes.c_ulong(1), 0, 0, 0)
+        libc.prctl(PR_SET_DUMPABLE, ctypes.c_ulong(0), 0, 0, 0)  # no ptrace of the init
         _drop_privileges()
     except (OSError, _SetupError) as exc:
         print(f"ratchet sandbox: setup failed: {exc}", file=sys.stderr, flush=True)
@@ -870,9 +932,27 @@ def _init_main(cfg: Mapping[str, Any]) -> int:
     else:
         code = os.WEXITSTATUS(status)
         report("exit", code)
-    if not cfg["pid_ns"]:
+    if cfg["pid_ns"] and rw_fd is not None and os.getpid() == 1:
+        try:
+            os.kill(-1, signal.SIGKILL)  # everything else in *our* namespace, before copying
+        except ProcessLookupError:
+            pass
+        _reap_all()
+    elif not cfg["pid_ns"]:
         _kill_leftovers()  # with a pid namespace the kernel does this when we exit
+    if rw_fd is not None:
+        _copy_back(cfg["cwd"], rw_fd)
     return code
+
+
+def _reap_all() -> None:
+    while True:
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            return
+        except InterruptedError:
+            continue
 
 
 if __name__ == "__main__":
