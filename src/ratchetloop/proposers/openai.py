@@ -118,7 +118,7 @@ class OpenAIProposer(BaseProposer):
                 "connection_error", f"{self.name}: cannot connect to {self.client.base_url}"
             ) from None
         except openai.APIStatusError as exc:
-            if exc.status_code == 400 and about_temperature(exc):
+            if exc.status_code == 400 and "temperature" in body and about_temperature(exc):
                 raise
             raise_for_status(
                 exc.status_code,
