@@ -24,7 +24,10 @@ Layers, outermost first (each one optional, probed once, used when it works):
   tmpfs; /dev is a minimal tmpfs (null, zero, full, random, urandom, tty; no block devices);
   /proc is the namespace's own, read-only; the caller's $HOME is hidden behind an empty tmpfs
   with only the Python installation bound back read-only; the work dir (cwd) is the one
-  writable place on disk.
+  writable place, and by default the run works on a copy of it in a size-capped tmpfs
+  (`Limits.work_bytes`, charged to the memory cgroup) that the init copies back, regular
+  files and directories only (no symlinks, fifos or devices), when the command exits.
+  After a timeout nothing is copied back: only stdout/stderr survive.
 * our init (this file run as a script): sets up the mounts above, then drops every
   capability (bounding, permitted, effective, inheritable, ambient) and sets
   no_new_privs, so even a root child cannot undo the mounts, escape its cgroups, mount the
@@ -49,9 +52,11 @@ Not covered (be honest with yourself before trusting a result):
   bounded by RLIMIT_NPROC (non-root) or the timeout (root).
 * Even with everything active: the rest of the filesystem stays *readable* (keep keys in the
   environment or under $HOME, which is hidden); a Unix socket on a read-only path can still
-  be connected to; disk use inside the work dir is bounded per file (RLIMIT_FSIZE), not in
-  total; CPU is not throttled (a tree can use all cores until the timeout); there is no
-  seccomp filter, so kernel bugs are in scope; timing side channels are not addressed.
+  be connected to; with `work_bytes=None` (or no mount namespace) disk use in the work dir
+  is bounded per file (RLIMIT_FSIZE), not in total; CPU is not throttled (a tree can use
+  all cores until the timeout); there is no seccomp filter, so kernel bugs are in scope;
+  timing side channels are not addressed; the child still runs as the caller's uid (root
+  here, without capabilities), so the kernel's uid checks are not a barrier of their own.
 * stdout belongs to the top-level command (eval.py); a harness must not hand its own stdout
   to the candidate binary, or the candidate can forge the result line.
 """
@@ -287,8 +292,9 @@ def describe_layers() -> list[tuple[str, bool, str]]:
                                                           "RLIMIT_NPROC and the timeout")),
         ("cgroup-freezer", "freezer" in cg, "freeze + kill every process of the run, wait "
          "until none is left" if "freezer" in cg else why_cg),
-        ("disk-quota", False, "not implemented: disk use in the work dir is only bounded per "
-         "file (RLIMIT_FSIZE); /tmp is a tmpfs bounded by its size and the memory cgroup"),
+        ("disk-quota", ns["mount"], "work dir is a size-capped tmpfs copy (Limits.work_bytes),"
+         " copied back on exit; /tmp is a capped tmpfs" if ns["mount"] else "needs the mount "
+         "namespace: disk use is only bounded per file (RLIMIT_FSIZE)"),
         ("seccomp", False, "not implemented: all syscalls are available (kernel attack "
          "surface remains)"),
     ]
