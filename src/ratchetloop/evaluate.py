@@ -153,4 +153,6 @@ def _tail(text: str, limit: int = 4000) -> str:
 def _keep_logs(work: Path, dest: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     for log in work.glob("*.log"):
-        shutil.copy2(log, dest / log.name)
+        if log.is_symlink() or not log.is_file():
+            continue  # a candidate could plant x.log -> a secret; only real files are kept
+        shutil.copy2(log, dest / log.name, follow_symlinks=False)
