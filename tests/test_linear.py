@@ -71,11 +71,10 @@ def test_eval_naive_vs_naive_pairs_every_case(exp_repo: Callable[..., Path]) -> 
 
 
 def test_eval_seeding_baseline_times_candidate_alone(exp_repo: Callable[..., Path]) -> None:
-    folder = exp_repo("linear", cases=["small_nobias", "attnproj_bt4"])
+    folder = exp_repo("linear", cases=["small_nobias"])
     result = evaluate.run_eval(experiment.load(folder), NAIVE, {})
     assert result.ok, result.failure
-    assert {k: list(v) for k, v in result.samples.items()} == {
-        "small_nobias": ["candidate"], "attnproj_bt4": ["candidate"]}
+    assert {k: list(v) for k, v in result.samples.items()} == {"small_nobias": ["candidate"]}
     assert len(result.samples["small_nobias"]["candidate"]) == result.rounds >= 6
 
 
@@ -149,7 +148,7 @@ def test_template_covering_sample_passes_validation(tmp_path: Path) -> None:
 
 
 def test_template_edge_code_is_sanitizer_clean(tmp_path: Path) -> None:
-    combos = [dict(template.DEFAULTS), {**template.DEFAULTS, "unroll": 2, "oc_block": 4},
+    combos = [{**template.DEFAULTS, "unroll": 2},
               {**template.DEFAULTS, "simd": "scalar", "bt_block": 2, "unroll": 2}]
     validate_all(combos, tmp_path, sanitize=True)
 
@@ -266,6 +265,8 @@ def test_seed_script_resets_state_and_keeps_winners(exp_repo: Callable[..., Path
                           env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
     assert proc.returncode == 0, proc.stderr
     assert (folder / "candidate.c").read_text() == NAIVE
-    assert not (folder / "SCORES.json").exists() and not (folder / "MEMORY.md").exists()
+    assert not (folder / "MEMORY.md").exists()
+    scores = folder / "SCORES.json"  # removed, or rewritten fresh (with a reset marker)
+    assert not scores.exists() or json.loads(scores.read_text()).get("experiment") == "linear"
     assert not (folder / "runs").exists() and (folder / "winners" / "abc").is_dir()
     assert json.loads((folder / "experiment.json").read_text())["name"] == "linear"
