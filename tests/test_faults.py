@@ -119,6 +119,9 @@ def check_resumed(folder: Path, repo: Path, snapshots: dict[str, str]) -> dict[s
              and "nonbest" not in subject]
     if bests:
         assert sc["best_commit"] == bests[-1]
+    assert sc["counts"]["accepted"] == len(recorded), sc["counts"]
+    seen = json.loads((folder / "MEMORY.json").read_text())["seen"].values()
+    assert all(f"accepted {sha}" in seen for sha in recorded), "memory forgot a winner"
     iterations = [r["iteration"] for r in sc["rows"]]
     assert iterations == sorted(iterations) and len(set(iterations)) == len(iterations)
     # numbering only grows: what an earlier run wrote into runs/<n>/ is never rewritten

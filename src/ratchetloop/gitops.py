@@ -125,10 +125,13 @@ def is_dirty(repo: Path, paths: Sequence[Path]) -> bool:
     return bool(git(repo, "status", "--porcelain", "--", *rel).strip())
 
 
-def accept_commits(repo: Path, experiment: str, folder: Path) -> list[tuple[str, dict]]:
-    """(short hash, recorded row) of every accept commit of `experiment`, oldest first."""
+def accept_commits(repo: Path, experiment: str, folder: Path,
+                   since: str | None = None) -> list[tuple[str, dict]]:
+    """(short hash, recorded row) of every accept commit of `experiment`, oldest first
+    (only those after commit `since`, when given)."""
     rel = str(folder.resolve().relative_to(repo)) or "."
-    out = git(repo, "log", "--reverse", "--format=%h%x1f%B%x1e", "--", rel, check=False)
+    span = [f"{since}..HEAD"] if since else []
+    out = git(repo, "log", "--reverse", "--format=%h%x1f%B%x1e", *span, "--", rel, check=False)
     found = []
     for entry in out.split("\x1e"):
         if "\x1f" not in entry:

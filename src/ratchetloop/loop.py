@@ -210,7 +210,8 @@ def reconcile_with_git(s: Session) -> None:
     """Winners committed by a run that died before recording them are restored from git."""
     known = {r.commit for r in s.scores.rows}
     restored = 0
-    for sha, row_data in gitops.accept_commits(s.repo, s.exp.name, s.exp.root):
+    for sha, row_data in gitops.accept_commits(s.repo, s.exp.name, s.exp.root,
+                                               since=s.scores.reset_at):
         if sha in known:
             continue
         specialists = row_data.pop("specialists_after", None)
@@ -220,8 +221,10 @@ def reconcile_with_git(s: Session) -> None:
             s.scores.best_commit = sha
         if isinstance(specialists, dict):
             s.scores.specialists = specialists
-        archive_winner(s, sha, gitops.show_file(s.repo, sha, s.exp.candidate_path) or "",
-                       row.note)
+        source = gitops.show_file(s.repo, sha, s.exp.candidate_path) or ""
+        archive_winner(s, sha, source, row.note)
+        s.scores.counts.accepted += 1
+        s.memory.seen[fingerprint(source, s.exp.target.language)] = f"accepted {sha}"
         s.scores.last_iteration = max(s.scores.last_iteration, row.iteration)
         restored += 1
     if restored:

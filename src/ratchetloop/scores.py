@@ -84,6 +84,9 @@ class Scores(BaseModel):
     counts: Counts = Field(default_factory=Counts)
     last_iteration: int = 0
     drift: list[Drift] = Field(default_factory=list)
+    # full hash of HEAD when seed.py reset this experiment: older Accept commits are history,
+    # not winners to restore into this scoreboard
+    reset_at: str | None = None
 
     def row(self, commit: str) -> Row | None:
         if self.seed and commit == self.seed.commit:

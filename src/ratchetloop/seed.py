@@ -6,6 +6,8 @@ import shutil
 from pathlib import Path
 
 from . import experiment as experiment_mod
+from . import gitops
+from . import scores as scores_mod
 from .files import atomic_write_text
 from .lock import experiment_lock
 
@@ -26,6 +28,11 @@ def reset(folder: Path | str) -> list[str]:
         if runs.exists():
             shutil.rmtree(runs)
             done.append("removed runs/")
+        # without this marker the next run would restore every earlier winner from git
+        head = gitops.git(exp.root, "rev-parse", "-q", "--verify", "HEAD", check=False).strip()
+        if head:
+            scores_mod.save(exp.root, scores_mod.Scores(
+                experiment=exp.name, unit=exp.unit, direction=exp.direction, reset_at=head))
     return done
 
 
