@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -37,3 +38,13 @@ def snapshot(repo: Path) -> dict[str, str]:
     return {"head": git(repo, "rev-parse", "HEAD"), "branch": git(repo, "branch", "--show-current"),
             "status": git(repo, "status", "--porcelain", "--untracked-files=no"),
             "index": git(repo, "diff", "--cached"), "calc": (repo / "calc.py").read_text()}
+
+
+# A metric function lives in a light module: the sandboxed child imports it by name.
+def calc_value(target: str) -> float:
+    """Reads the candidate's calc.py the way a user metric would; refuses to run in-process."""
+    if os.environ.get("RATCHET_METRIC_CHILD") != "1":
+        raise AssertionError("metric ran in the loop's process")
+    namespace: dict = {}
+    exec(Path(target).read_text(), namespace)
+    return float(namespace["cost"]())

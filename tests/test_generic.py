@@ -23,6 +23,12 @@ from ratchetloop.proposers.replay import ReplayProposer
 REGEX = r"cost=(\d+)"
 
 
+@pytest.fixture(autouse=True)
+def private_bench_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Deterministic metrics need no host-wide timing lock; don't queue behind benchmarks."""
+    monkeypatch.setenv("RATCHET_BENCH_LOCK", str(tmp_path / "bench.lock"))
+
+
 def setup(tmp_path: Path, **kw: object) -> tuple[Path, experiment_mod.Experiment]:
     repo = make_repo(tmp_path)
     folder = init_project(repo, tag="calc", editable=["calc.py"], readonly=["score.py"],

@@ -1,27 +1,27 @@
 """Generic mode: improve any file in any git repository against any metric a command prints.
 
-    ratchet init --edit fib.py --run "python bench.py" --metric-regex "time=(\\S+)"
-    ratchet run <tag>
+    ratchet init --tag fib --edit fib.py --run "python3 bench.py" --metric-regex "us=(\\S+)"
+    ratchet run fib --model <model>
 
-See docs/your-own-project.md.
+See docs/your-own-project.md. Imports are lazy: the sandboxed metric child
+(ratchetloop.generic.child) must start without numpy/scipy.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from ..experiment import Experiment
-from .adapter import GenericAdapter
-from .results import ResultsReporter
 
-
-def session_parts(exp: Experiment, reporter: Any) -> tuple[Any, GenericAdapter | None]:
+def session_parts(exp: Any, reporter: Any) -> tuple[Any, Any]:
     """For `ratchet run`: (reporter, adapter); the adapter is None for ordinary experiments."""
     if exp.generic is None:
         return reporter, None
+    from .adapter import GenericAdapter
+    from .results import ResultsReporter
+
     adapter = GenericAdapter(exp)
     adapter.prepare()
     return ResultsReporter(reporter, exp.root), adapter
 
 
-__all__ = ["GenericAdapter", "ResultsReporter", "session_parts"]
+__all__ = ["session_parts"]

@@ -15,7 +15,7 @@ from .contract import GenericSpec, MetricSpec
 LANGUAGES = {".py": "python", ".c": "c", ".h": "c", ".js": "javascript", ".ts": "typescript",
              ".rs": "rust", ".go": "go", ".sql": "sql", ".md": "markdown", ".sh": "bash"}
 STATE_PATTERNS = ("SCORES.*", "MEMORY.*", "runs/", "winners/", "results.tsv", "*.bundle",
-                  "branch.json", ".ratchet.lock", "metric*.pickle", "__pycache__/")
+                  "branch.json", ".ratchet.lock", "metric*", "__pycache__/")
 PROMPT_PY = '''"""What the model sees each iteration (edit freely; default in the package)."""
 
 from ratchetloop.generic.prompting import build_prompt
