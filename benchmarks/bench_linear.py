@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_linear.py [--rounds N] [--all]
 
-Builds naive.c and a shortlist of template knob combinations (all 192 with --all) into ONE
+Builds naive.c and 27 template knob combinations (all 192 with --all) into ONE
 benchmark binary through ratchetloop.harness, times them interleaved round by round, picks
 the combination with the lowest median suite total, and prints per-case speedups against
 naive and the ratio to numpy's single-threaded matmul (out = inp @ W.T + b) on the same
@@ -36,16 +36,15 @@ from ratchetloop.experiment import Acceptance  # noqa: E402
 from ratchetloop.harness import cbuild  # noqa: E402
 from ratchetloop.harness.timing import BenchProcess, measure  # noqa: E402
 
-SHORTLIST = [
-    {"oc_block": 3, "bt_block": 4, "unroll": 1},
-    {"oc_block": 4, "bt_block": 4, "unroll": 1},
-    {"oc_block": 2, "bt_block": 4, "unroll": 1},
-    {"oc_block": 4, "bt_block": 2, "unroll": 1},
-    {"oc_block": 4, "bt_block": 2, "unroll": 2},
-    {"oc_block": 2, "bt_block": 2, "unroll": 2},
-    {"oc_block": 3, "bt_block": 4, "unroll": 1, "loop_order": "bt_outer"},
-    {"oc_block": 3, "bt_block": 4, "unroll": 1, "opt": "O2"},
-]
+
+def shortlist(template) -> list[dict]:
+    """Every register-blocking shape with AVX2, O3, oc_outer, plus one of each other choice."""
+    base = [{**template.DEFAULTS, "oc_block": ob, "bt_block": bb, "unroll": u}
+            for ob in template.KNOBS["oc_block"] for bb in template.KNOBS["bt_block"]
+            for u in template.KNOBS["unroll"]]
+    return base + [{**template.DEFAULTS, "loop_order": "bt_outer"},
+                   {**template.DEFAULTS, "opt": "O2"},
+                   {**template.DEFAULTS, "simd": "scalar", "unroll": 2}]
 
 
 def load_template():
@@ -92,8 +91,7 @@ def main() -> None:
     cases = [(c["name"], [c["params"][k] if k in c["params"] else 1
                           for k in ("B", "T", "C", "OC", "bias")])
              for c in contract["cases"] if c.get("enabled", True)]
-    combos = template.combinations() if args.all else [
-        {**template.DEFAULTS, **k} for k in SHORTLIST]
+    combos = template.combinations() if args.all else shortlist(template)
     work = Path(tempfile.mkdtemp(prefix="bench-linear-"))
     impls = [cbuild.Impl("naive", EXP / "naive.c")]
     for i, knobs in enumerate(combos):
@@ -134,8 +132,10 @@ def main() -> None:
               f"{naive / fast:>8.1f}x{npy:>10.1f}{fast / npy:>10.2f}x")
     print(f"{'suite total':<33}{totals['naive']:>11.1f}{totals[best]:>10.1f}"
           f"{totals['naive'] / totals[best]:>8.1f}x")
-    print("median suite total per combination (us): " + ", ".join(
-        f"{n}={totals[n]:.0f}" for n in names))
+    ranked = sorted(names[1:], key=totals.get)[:5]
+    print("top 5 by median suite total: " + "; ".join(
+        f"{totals[n]:.0f} us " + "/".join(str(v) for v in combos[names.index(n) - 1].values())
+        for n in ranked))
 
 
 if __name__ == "__main__":
