@@ -181,3 +181,59 @@ def test_sigkill_anywhere_then_resume_loses_no_winner(exp_repo, tmp_path: Path) 
     print(f"\nfault injection: kills {kills}, accepted winners {figures['winners']},"
           f" lost 0, duplicated 0, temp files left by kills {tmp_left}")
     assert sum(kills.values()) >= KILLS // 2, kills
+
+
+@pytest.mark.slow
+def test_ctrl_c_ends_with_a_summary_and_whole_files(exp_repo, tmp_path: Path) -> None:
+    folder = exp_repo("fib", cases=["fib18"])
+    repo = folder.parents[1]
+    replies = [reply(slow_fib(k), f"burn {k} steps") for k in (16000, 4000, 1000)]
+    model = write_replay(tmp_path / "replay.json", replies)
+    proc = subprocess.Popen([RATCHET, "run", str(folder), "--model", model, "--loop", "3"],
+                            cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    second = folder / "runs" / "0002" / "prompt.md"
+    deadline = time.monotonic() + 120
+    while not second.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)  # polling a file: no portable event for "file appeared"
+    assert proc.poll() is None, "run ended before the second iteration"
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+    out, err = proc.communicate(timeout=120)
+    text = out.decode() + err.decode()
+    assert proc.returncode == 0, text
+    assert "interrupted (Ctrl-C)" in text and "Traceback" not in text, text
+    assert "scoreboard:" in text  # the summary was printed
+    parse_all_state(folder)
+    assert not list(folder.rglob(".*.tmp")), "half-written temp files left behind"
+    check_resumed(folder, repo, {})
+    sc = json.loads((folder / "SCORES.json").read_text())
+    assert len(sc["rows"]) == 1  # the first winner, recorded; the interrupted one not
+    assert not (folder / ".ratchet.lock.holder").exists()  # the lock was released
+
+
+def test_commit_after_a_killed_git_clears_its_stale_locks(fib: Path) -> None:
+    from ratchetloop import gitops
+
+    repo = fib.parents[1]
+    stale = [repo / ".git" / "index.lock", repo / ".git" / "HEAD.lock",
+             repo / ".git" / "refs" / "heads" / "main.lock"]
+    for lock in stale:
+        lock.write_text("")
+        os.utime(lock, (time.time() - 30, time.time() - 30))  # left by a dead git
+    (fib / "candidate.py").write_text("def fib(n):\n    return n\n")
+    sha = gitops.commit_paths(repo, [fib / "candidate.py"], "Commit after a crash")
+    assert git(repo, "log", "-1", "--format=%h %s").strip() == f"{sha} Commit after a crash"
+    assert not any(lock.exists() for lock in stale)
+
+
+def test_a_held_git_lock_is_waited_for_then_named(fib: Path) -> None:
+    from ratchetloop import gitops
+    from ratchetloop.errors import RatchetError
+
+    repo = fib.parents[1]
+    lock = repo / ".git" / "index.lock"
+    with lock.open("w"):  # a live process (this one) holds it open
+        with pytest.raises(RatchetError, match="index.lock exists"):
+            gitops.clear_stale_locks(repo, wait=0.3)
+    assert lock.exists()  # never removed from under a live git
+    lock.unlink()
