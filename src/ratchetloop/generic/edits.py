@@ -13,6 +13,7 @@ import re
 from ..extract import IDEA, NOTE, Extracted, ExtractionError, _one_line, _strip_blocks
 
 HEADER = "### ratchet-file: "
+EDITED = "\x00edit-block\x00\n"
 SEARCH, DIVIDER, REPLACE = "<<<<<<< SEARCH", "=======", ">>>>>>> REPLACE"
 EDIT_BLOCK = re.compile(
     r"^<{7} SEARCH[ \t]*\n(.*?)^={7}[ \t]*\n(.*?)^>{7} REPLACE[ \t]*$", re.MULTILINE | re.DOTALL)
@@ -55,7 +56,7 @@ def apply_reply(text: str, base: dict[str, str], editable: list[str],
                                   f"SEARCH text not found in {path}: {_one_line(search, 80)!r}")
         files[path] = files[path].replace(search, replace, 1)
         touched.add(path)
-    without_edits = EDIT_BLOCK.sub("", text)
+    without_edits = EDIT_BLOCK.sub(EDITED, text)  # fences that held edits are not files
     for path, body in _whole_files(without_edits, editable):
         _check_editable(path, editable)
         files[path] = body
@@ -64,7 +65,7 @@ def apply_reply(text: str, base: dict[str, str], editable: list[str],
         raise ExtractionError("no_code", "reply has no whole-file block and no SEARCH/REPLACE edit")
     if files == base:
         raise ExtractionError("no_change", "the edits leave every file as it was")
-    outside = FENCE_BLOCK.sub("", _strip_blocks(without_edits))
+    outside = FENCE_BLOCK.sub("", _strip_blocks(without_edits)).replace(EDITED, "")
     note = NOTE.search(outside)
     ideas = [m.group(1).strip() for m in IDEA.finditer(outside)][:3]
     return Extracted(source=to_bundle(files), ideas=ideas, language=language,
@@ -102,7 +103,7 @@ def _edit_blocks(text: str, editable: list[str]) -> list[tuple[str, str, str]]:
 
 def _whole_files(text: str, editable: list[str]) -> list[tuple[str, str]]:
     found = []
-    blocks = list(FENCE_BLOCK.finditer(text))
+    blocks = [m for m in FENCE_BLOCK.finditer(text) if EDITED not in m.group(2)]
     for m in blocks:
         info = m.group(1).split()
         named = [w for w in info if "." in w or "/" in w or w in editable]
