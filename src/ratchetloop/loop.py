@@ -11,6 +11,7 @@ a proposer that cannot work at all (ProposerError) stop the run, with state inta
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Callable
@@ -386,12 +387,15 @@ def decide(s: Session, result: evaluate.EvalResult, run: RunRecord) -> Decision:
     samples = result.samples
     cand = {c: v["candidate"] for c, v in samples.items()}
     best_ref = ref_name(s, s.scores.best_commit)
-    compare = s.adapter.compare if s.adapter else measure.compare
+    # eval.py stopped sampling, so this is the final look; per-case verdicts share alpha.
+    compare = s.adapter.compare if s.adapter else functools.partial(measure.compare, final=True)
     overall = compare(measure.suite_totals(cand),
                       measure.suite_totals({c: v[best_ref] for c, v in samples.items()}),
                       acc, lower)
+    per_case_compare = compare if s.adapter else functools.partial(
+        measure.compare, final=True, family=len(samples))
     per_case = {
-        c: compare(v["candidate"], v[ref_name(s, s.scores.holder(c))], acc, lower)
+        c: per_case_compare(v["candidate"], v[ref_name(s, s.scores.holder(c))], acc, lower)
         for c, v in samples.items()
     }
     is_best = s.adapter.accepts(overall) if s.adapter else overall.verdict == "better"
