@@ -44,20 +44,31 @@ SECURITY = load("security")
 PROMPT = load("prompt")
 
 
-def validate_source(source: str, tmp: Path, sanitize: bool) -> tuple[str | None, str]:
-    """Build one candidate with the attention driver, run rl_validate; (failure kind, text)."""
+def build_impls(sources: dict[str, str], tmp: Path, sanitize: bool) -> Path:
+    """One binary holding every source (renamed symbols), with the attention driver."""
     tmp.mkdir(parents=True, exist_ok=True)
-    (tmp / "candidate.c").write_text(source)
+    impls = []
+    for i, (name, text) in enumerate(sources.items()):
+        path = tmp / f"impl{i}.c"
+        path.write_text(text)
+        impls.append(Impl("candidate" if i == 0 else name, path))
     (tmp / "attn_shapes.c").write_text(EVAL.shapes_source(SHAPES))
-    built = cbuild.build(EVAL.SPEC.target, [Impl("candidate", tmp / "candidate.c")],
-                         [EXP / "driver.c", tmp / "attn_shapes.c"], tmp / "build",
-                         sanitize=sanitize)
-    proc = subprocess.run([str(built.binary), "validate", "11"], capture_output=True,
-                          text=True, timeout=300, env=sanitizer_env() if sanitize else None)
+    built = cbuild.build(EVAL.SPEC.target, impls, [EXP / "driver.c", tmp / "attn_shapes.c"],
+                         tmp / "build", sanitize=sanitize)
+    return built.binary
+
+
+def run_validate(binary: Path, index: int | None = None,
+                 sanitize: bool = True) -> tuple[str | None, str]:
+    """rl_validate on impl `index` (all when None); (driver failure kind or None, text)."""
+    argv = [str(binary), "validate", "11"] + ([str(index)] if index is not None else [])
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=600,
+                          env=sanitizer_env() if sanitize else None)
     problem = classify_run(proc.stdout, proc.stderr, proc.returncode, "validation")
     if problem is None:
         return None, proc.stdout
-    return failure_kind(problem.kind, problem.message), problem.message
+    impl = [ln for ln in proc.stdout.splitlines() if ln.startswith("RLIMPL")][-1:]
+    return failure_kind(problem.kind, problem.message), f"{impl} {problem.message}"
 
 
 def failure_kind(kind: str, message: str) -> str:
@@ -65,7 +76,7 @@ def failure_kind(kind: str, message: str) -> str:
     return message.split(":", 1)[0] if kind == "validation_error" else kind
 
 
-# fixture -> the failure kinds that count as "caught" (and the build that must catch it)
+# fixture -> the failure kinds that count as "caught"
 CAUGHT = {
     "no_max_subtraction": {"nan_inf_large"},
     "wrong_gqa_mapping": {"wrong_result"},
@@ -80,34 +91,43 @@ CAUGHT = {
     "accumulates_into_output": {"nan_inf", "wrong_result"},
     "scalar_tail_missing": {"wrong_result"},
 }
+ORDER = ["naive", *sorted(CAUGHT)]
+
+
+@pytest.fixture(scope="module")
+def fixture_binaries(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """naive + every fixture, compiled once per build flavour (index = ORDER position)."""
+    sources = {name: (EXP / "naive.c" if name == "naive" else FIXTURES / f"{name}.c")
+               .read_text() for name in ORDER}
+    return {flavour: build_impls(sources, tmp_path_factory.mktemp(flavour),
+                                 sanitize=flavour == "san") for flavour in ("san", "opt")}
 
 
 def test_every_fixture_has_an_expectation() -> None:
     assert {p.stem for p in FIXTURES.glob("*.c")} == set(CAUGHT)
 
 
-def test_naive_passes_the_sanitizer_validation(tmp_path: Path) -> None:
-    kind, text = validate_source((EXP / "naive.c").read_text(), tmp_path, sanitize=True)
+def test_naive_passes_the_sanitizer_validation(fixture_binaries: dict[str, Path]) -> None:
+    kind, text = run_validate(fixture_binaries["san"], 0)
     assert kind is None, text
     assert "rows checked" in text
 
 
 @pytest.mark.parametrize("name", sorted(CAUGHT))
-def test_validation_catches_fixture(name: str, tmp_path: Path) -> None:
-    kind, message = validate_source((FIXTURES / f"{name}.c").read_text(), tmp_path,
-                                    sanitize=True)
+def test_validation_catches_fixture(name: str, fixture_binaries: dict[str, Path]) -> None:
+    kind, message = run_validate(fixture_binaries["san"], ORDER.index(name))
     assert kind in CAUGHT[name], f"{name}: {kind}: {message}"
 
 
-def test_caching_fixture_fails_on_the_second_call(tmp_path: Path) -> None:
-    kind, message = validate_source((FIXTURES / "caches_across_calls.c").read_text(), tmp_path,
-                                    sanitize=False)
+def test_caching_fixture_fails_on_the_second_call(fixture_binaries: dict[str, Path]) -> None:
+    kind, message = run_validate(fixture_binaries["opt"], ORDER.index("caches_across_calls"),
+                                 sanitize=False)
     assert kind is not None and "second call" in message
 
 
-def test_large_logit_failure_tells_the_model_why(tmp_path: Path) -> None:
-    _, message = validate_source((FIXTURES / "no_max_subtraction.c").read_text(), tmp_path,
-                                 sanitize=False)
+def test_large_logit_failure_tells_the_model_why(fixture_binaries: dict[str, Path]) -> None:
+    _, message = run_validate(fixture_binaries["opt"], ORDER.index("no_max_subtraction"),
+                              sanitize=False)
     assert "subtract the row maximum" in message
 
 
@@ -173,25 +193,28 @@ def test_template_rejects_unknown_knobs() -> None:
         TEMPLATE.render({"key_block": 12})
 
 
-@pytest.mark.parametrize("knobs", covering_sample(), ids=lambda k: "-".join(map(str, k.values())))
-def test_template_rendering_passes_validation(knobs: dict, tmp_path: Path) -> None:
-    kind, message = validate_source(TEMPLATE.render(knobs), tmp_path, sanitize=False)
-    assert kind is None, f"{knobs}: {message}"
+def validate_combos(combos: list[dict], tmp: Path, sanitize: bool) -> None:
+    binary = build_impls({f"t{i}": TEMPLATE.render(k) for i, k in enumerate(combos)}, tmp,
+                         sanitize)
+    kind, message = run_validate(binary, sanitize=sanitize)
+    assert kind is None, message
+
+
+def test_template_covering_sample_passes_validation(tmp_path: Path) -> None:
+    validate_combos(covering_sample(), tmp_path, sanitize=False)
 
 
 def test_default_rendering_passes_the_sanitizer(tmp_path: Path) -> None:
-    kind, message = validate_source(TEMPLATE.render(TEMPLATE.DEFAULTS), tmp_path, sanitize=True)
-    assert kind is None, message
+    validate_combos([TEMPLATE.DEFAULTS], tmp_path, sanitize=True)
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("RATCHET_FULL_TEMPLATE"),
                     reason="all 72 combinations take minutes; set RATCHET_FULL_TEMPLATE=1")
-@pytest.mark.parametrize("knobs", TEMPLATE.combinations(),
-                         ids=lambda k: "-".join(map(str, k.values())))
-def test_every_template_combination_passes_validation(knobs: dict, tmp_path: Path) -> None:
-    kind, message = validate_source(TEMPLATE.render(knobs), tmp_path, sanitize=False)
-    assert kind is None, f"{knobs}: {message}"
+def test_every_template_combination_passes_validation(tmp_path: Path) -> None:
+    combos = TEMPLATE.combinations()
+    for part in range(0, len(combos), 36):  # the harness links at most 64 impls
+        validate_combos(combos[part:part + 36], tmp_path / str(part), sanitize=False)
 
 
 # ---------------------------------------------------------------- eval.py end to end
