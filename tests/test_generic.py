@@ -136,13 +136,13 @@ def test_init_flags_refuse_overwrite_and_force(tmp_path, monkeypatch):
     monkeypatch.chdir(repo)
     runner = CliRunner()
     args = ["init", "--tag", "t1", "--edit", "calc.py", "--read", "score.py", "--run",
-            "python3 score.py", "--metric-regex", REGEX, "--lower-is-better"]
+            "python3 score.py", "--metric-regex", REGEX, "--lower-is-better", "--unit", "pts"]
     out = runner.invoke(main, args)
     assert out.exit_code == 0, out.output
     data = json.loads((repo / ".ratchet/t1/experiment.json").read_text())
     assert data["generic"]["editable"] == ["calc.py"]
     assert data["generic"]["metric"] == {"kind": "regex", "pattern": REGEX, "key": None}
-    assert data["direction"] == "lower_is_better"
+    assert data["direction"] == "lower_is_better" and data["unit"] == "pts"
     for name in ("program.md", "prompt.py", "security.py"):
         assert (repo / ".ratchet/t1" / name).is_file()
     assert "/.ratchet/*/results.tsv" in (repo / ".git/info/exclude").read_text()

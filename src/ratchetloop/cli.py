@@ -159,6 +159,7 @@ def legacy_main() -> None:
 @click.option("--metric-json", default=None, help="JSON key of the last JSON line")
 @click.option("--higher-is-better/--lower-is-better", default=None)
 @click.option("--timeout", type=float, default=300.0, show_default=True)
+@click.option("--unit", default=None, help="unit shown with the metric (e.g. us, %)")
 @click.option("--setup-check", default=None, help="command that must pass before the loop")
 @click.option("--directives", default=None, help="program.md text or file")
 @click.option("--from-research", type=click.Path(exists=True), help="import a research.json")

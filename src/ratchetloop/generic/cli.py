@@ -21,6 +21,7 @@ def init_command(flags: dict[str, Any], cwd: Path | None = None) -> str:
         "tag": flags.get("tag"), "run_command": flags.get("run_command"),
         "timeout": flags.get("timeout") if flags.get("timeout") != 300.0 else None,
         "setup_check": flags.get("setup_check"), "directives": flags.get("directives"),
+        "unit": flags.get("unit"),
         "higher_is_better": flags.get("higher_is_better"),
         "editable": list(flags.get("editable") or []) or None,
         "readonly": list(flags.get("readonly") or []) or None,
