@@ -24,7 +24,6 @@ SPEC = CExperiment(
     driver=["driver.c", "attn_shapes.c"],
     param_order=PARAMS,
     param_defaults={"B": 1, "causal": 1},
-    min_sample_us=2000.0,
     validate_timeout=120.0,
 )
 
