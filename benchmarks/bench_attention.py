@@ -8,7 +8,9 @@
    (the per-case specialists a tuner run could keep);
 2. compare: the winner and naive.c in one binary, interleaved paired rounds; after every
    round the numpy reference (single-threaded BLAS) is timed on the same shapes.
-Speedup = median over rounds of naive/tuned in the same round.
+Speedup = median over rounds of naive/tuned in the same round. Every time is the thread's
+CPU time per call (the harness default; numpy measured the same way, min of 3 batch means),
+and the whole run holds the host-wide benchmark lock.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from ratchetloop.benchlock import bench_lock  # noqa: E402
 from ratchetloop.harness import cbuild  # noqa: E402
 from ratchetloop.harness.cbuild import Impl  # noqa: E402
 from ratchetloop.harness.timing import BenchProcess  # noqa: E402
@@ -73,12 +76,13 @@ def build(sources: list[tuple[str, str]], work: Path, tag: str) -> cbuild.Build:
 
 
 def start(binary: Path, work: Path, suite: list[tuple[str, list[int]]],
-          min_us: float) -> BenchProcess:
+          calibrate: str) -> BenchProcess:
+    """Cases added, calibrated (`min_us warm budget_us max_batches`), results checked."""
     bench = BenchProcess(binary, cwd=work)
     bench.command("seed 7", 60)
     for name, params in suite:
         bench.command(f"case {name} " + " ".join(map(str, params)), 60)
-    bench.command(f"calibrate {min_us} 1", 600)
+    bench.command(f"calibrate {calibrate}", 600)
     bad = bench.command("check", 600)
     if bad:
         raise SystemExit(f"result check failed: {bad[:3]}")
@@ -103,7 +107,7 @@ def search(work: Path, suite: list[tuple[str, list[int]]], n: int) -> dict[str, 
         t0 = time.monotonic()
         built = build([(label[i], TEMPLATE.render(combos[i])) for i in group], work, simd)
         names = [label[i] for i in group]
-        bench = start(built.binary, work, suite, 500.0)
+        bench = start(built.binary, work, suite, "500 1")
         try:
             samples = rounds(bench, n, suite, names)
         finally:
@@ -163,17 +167,24 @@ def numpy_check(rng: np.random.Generator) -> float:
     return float(np.abs(got - want).max())
 
 
-def time_numpy(args: tuple[Any, ...], min_us: float = 2000.0) -> float:
-    """Mean microseconds per call over a batch lasting at least min_us (like the harness)."""
+def time_numpy(args: tuple[Any, ...], min_us: float = 2000.0, batches: int = 3) -> float:
+    """Like the harness sample: thread CPU time, min over batch means of >= min_us each."""
     reps = 1
     while True:
-        t0 = time.perf_counter()
+        t0 = time.thread_time_ns()
         for _ in range(reps):
             numpy_attention(*args)
-        us = (time.perf_counter() - t0) * 1e6
+        us = (time.thread_time_ns() - t0) / 1e3
         if us >= min_us:
-            return us / reps
+            break
         reps *= 2
+    best = us / reps
+    for _ in range(batches - 1):
+        t0 = time.thread_time_ns()
+        for _ in range(reps):
+            numpy_attention(*args)
+        best = min(best, (time.thread_time_ns() - t0) / 1e3 / reps)
+    return best
 
 
 def main() -> None:
@@ -188,7 +199,8 @@ def main() -> None:
     print(f"numpy {np.__version__}; BLAS threads: OPENBLAS_NUM_THREADS="
           f"{os.environ['OPENBLAS_NUM_THREADS']}; numpy vs float64 loop max |err| "
           f"{numpy_check(rng):.2e}")
-    with tempfile.TemporaryDirectory(prefix="bench-attention-") as tmp:
+    with bench_lock("attention-bench"), \
+            tempfile.TemporaryDirectory(prefix="bench-attention-") as tmp:
         work = Path(tmp)
         if args.no_search:
             knobs = dict(TEMPLATE.DEFAULTS)
@@ -200,7 +212,7 @@ def main() -> None:
         built = build([("tuned", TEMPLATE.render(knobs)),
                        ("naive", (EXP / "naive.c").read_text())], work, "compare")
         names = ["tuned", "naive"]
-        bench = start(built.binary, work, suite, 2000.0)
+        bench = start(built.binary, work, suite, "2000 2 6000 3")
         inputs = {name: numpy_case(params, rng) for name, params in suite}
         c_samples: dict[str, dict[str, list[float]]] = {c: {m: [] for m in names}
                                                          for c, _ in suite}
