@@ -24,6 +24,20 @@ pytestmark = [
 
 CANARY = "sk-LOOPCANARY-5a4b3c2d1e0f"
 
+PLAIN = """#include <stddef.h>
+
+void matmul_forward(float* out, const float* inp, const float* weight, const float* bias,
+                    int B, int T, int C, int OC) {
+    for (int bt = 0; bt < B * T; bt++) {
+        for (int o = 0; o < OC; o++) {
+            float v = bias ? bias[o] : 0.0f;
+            for (int i = 0; i < C; i++) v += inp[(size_t)bt * C + i] * weight[(size_t)o * C + i];
+            out[(size_t)bt * OC + o] = v;
+        }
+    }
+}
+"""
+
 # Hostile: tries to read the key from its environment and smuggle it out via stderr.
 SNOOP = """#include <stdio.h>
 #include <stdlib.h>
@@ -86,7 +100,10 @@ def test_loop_with_openai_backend_records_usage_and_never_writes_the_key(exp_rep
     assert "matmul_forward" in (folder / "runs" / "0001" / "response.txt").read_text()
     assert "{not json" in (folder / "runs" / "0002" / "response.txt").read_text()
     text = all_text(repo)
-    assert "KEY=(none)" in text  # the snooping candidate ran, and its environment had no key
+    # the snooping candidate was stopped by the experiment's security rules, or it ran and
+    # found no key in its environment; either way it is recorded
+    assert summary.outcomes[0].failure_kind == "security" or "KEY=(none)" in text
+    assert "reads the environment" in text
     assert CANARY not in text
 
 
@@ -95,7 +112,7 @@ def test_ratchet_run_with_openai_compatible_server(exp_repo):
     from conftest import run_ratchet
 
     folder = exp_repo("linear", cases=["small_nobias"])
-    with FakeModelServer([reply(SNOOP, "plain loop")], default_text=None) as srv:
+    with FakeModelServer([reply(PLAIN, "plain loop")], default_text=None) as srv:
         model = f"openai-compatible:fake@{srv.openai_base_url}"
         proc = run_ratchet(
             "run",
@@ -111,6 +128,8 @@ def test_ratchet_run_with_openai_compatible_server(exp_repo):
     assert proc.returncode == 0, proc.stderr
     assert [p.body["model"] for p in posts] == ["fake"]
     assert posts[0].headers.get("authorization") == f"Bearer {CANARY}"  # not the OpenAI key
+    assert (folder / "runs" / "0001" / "response.txt").is_file()
     sc = json.loads((folder / "SCORES.json").read_text())
+    assert sc["counts"]["attempts"] == 1
     assert sc["usage"]["cost_usd"] == 0.0  # a local server costs nothing unless overridden
     assert CANARY not in all_text(folder.parents[1]) + proc.stdout + proc.stderr
