@@ -17,7 +17,7 @@ SPEC = CExperiment(
     driver=["driver.c"],
     param_order=["B", "T", "C", "OC", "bias"],
     param_defaults={"bias": 1},
-    min_sample_us=1000.0,
+    min_sample_us=500.0,
 )
 
 if __name__ == "__main__":

@@ -41,12 +41,18 @@ C API (c/rl_harness.h; the driver includes "rl_harness.h")
                                             write "<kind> <message>" and return nonzero
              rl_validate(fn, rng)           the adversarial suite; rl_fail on a problem
 
-Timing method: one sample = mean time per call over a batch of back-to-back calls, the batch
-length calibrated once per case (on the fastest implementation, so every batch lasts at
-least `min_sample_us`; all implementations use the same count). The mean of one batch, not
-a min over many, because the paired per-round comparison already cancels host drift and a
-min would reward implementations whose variance is high. Every round times every
-implementation once per case, in a freshly shuffled order (seeded from request.seed).
+Timing method: one sample = the MIN over a few batch means, a batch being `reps`
+back-to-back calls with fresh inputs. reps is calibrated once per case on the fastest
+implementation so a batch lasts >= `min_sample_us`; the number of batches is how many
+batches of the slowest implementation fit in `sample_budget_us` (1..`max_batches`). Both
+counts are per case and identical for every implementation, so the min is equally biased
+for all: preemption and interference only add time and the min of a few short batches
+drops most of it, while slow cases (one call longer than the budget) cost one batch. Every
+round times every implementation once per case, in a freshly shuffled order (seeded from
+request.seed), so drift hits all of them alike.
+The clock is the benchmark thread's CPU time by default (CExperiment.clock = "cpu"): the
+kernels are single-threaded and time spent descheduled on a shared host is not their
+cost; cache and memory-bandwidth interference still shows and is absorbed by the pairing.
 """
 
 from .cbuild import BASE_FLAGS, SANITIZE_FLAGS, Build, CTarget, Impl, build

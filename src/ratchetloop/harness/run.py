@@ -41,7 +41,10 @@ class CExperiment:
     driver: list[str]
     param_order: list[str]
     param_defaults: dict[str, int] = field(default_factory=dict)
-    min_sample_us: float = 1000.0
+    min_sample_us: float = 500.0
+    sample_budget_us: float = 8000.0
+    max_batches: int = 5
+    clock: str = "cpu"  # "cpu": the benchmark thread's CPU time; "wall": CLOCK_MONOTONIC
     warmup: int = 2
     validate_timeout: float = 60.0
     bench_command_timeout: float = 120.0
@@ -179,6 +182,8 @@ def evaluate(request: EvalRequest, spec: CExperiment, workdir: Path | None = Non
             timing = measure(bench, cases, fast.impl_names, request.acceptance,
                              lower_is_better=request.lower_is_better, seed=request.seed,
                              min_sample_us=spec.min_sample_us, warmup=spec.warmup,
+                             sample_budget_us=spec.sample_budget_us,
+                             max_batches=spec.max_batches, clock=spec.clock,
                              check=request.validate_candidate,
                              command_timeout=spec.bench_command_timeout)
         finally:
@@ -190,10 +195,11 @@ def evaluate(request: EvalRequest, spec: CExperiment, workdir: Path | None = Non
                           logs=logs, info=info)
     finally:
         pool.shutdown(wait=True)
-    info.update(reps=timing.reps, calibration_us=timing.calibration_us,
+    info.update(reps=timing.reps, batches_per_sample=timing.batches_per_sample,
+                calibration_us=timing.calibration_us,
                 timing_seconds=round(timing.seconds, 3), stop_reason=timing.stop_reason,
                 batches=timing.batches,
-                sample="mean per call over a calibrated batch (>= "
-                       f"{spec.min_sample_us:g} us), fresh inputs per batch")
+                sample="min over batches_per_sample batch means; a batch = reps calls, "
+                       f">= {spec.min_sample_us:g} us, fresh inputs; clock={spec.clock}")
     return EvalResult(ok=True, phase="done", unit=exp_unit, samples=timing.samples,
                       rounds=timing.rounds, logs=logs, info=info)

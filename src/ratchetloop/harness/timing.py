@@ -113,6 +113,7 @@ class Timing:
     seconds: float
     stop_reason: str
     batches: list[dict[str, object]] = field(default_factory=list)
+    batches_per_sample: dict[str, int] = field(default_factory=dict)
 
 
 def measure(
@@ -123,8 +124,11 @@ def measure(
     *,
     lower_is_better: bool = True,
     seed: int = 0,
-    min_sample_us: float = 1000.0,
+    min_sample_us: float = 500.0,
     warmup: int = 2,
+    sample_budget_us: float = 8000.0,
+    max_batches: int = 5,
+    clock: str = "cpu",
     check: bool = True,
     command_timeout: float = 120.0,
 ) -> Timing:
@@ -137,14 +141,18 @@ def measure(
     """
     start = time.monotonic()
     bench.command(f"seed {int(seed) & 0xFFFFFFFFFFFFFFFF}", command_timeout)
+    bench.command(f"clock {'wall' if clock == 'wall' else 'cpu'}", command_timeout)
     for name, params in cases:
         bench.command(f"case {name} " + " ".join(str(int(p)) for p in params), command_timeout)
     reps: dict[str, int] = {}
     calib: dict[str, float] = {}
-    for line in bench.command(f"calibrate {min_sample_us} {warmup}", command_timeout):
-        _, ci, r, fastest = line.split()
+    per_sample: dict[str, int] = {}
+    calibrate = f"calibrate {min_sample_us} {warmup} {sample_budget_us} {max_batches}"
+    for line in bench.command(calibrate, command_timeout):
+        _, ci, r, fastest, nb = line.split()
         reps[cases[int(ci)][0]] = int(r)
         calib[cases[int(ci)][0]] = float(fastest)
+        per_sample[cases[int(ci)][0]] = int(nb)
     if check:
         bad = bench.command("check", command_timeout, phase="validate")
         for line in bad:
@@ -186,4 +194,5 @@ def measure(
         rounds += n
         batches.append({"rounds": n, "seconds": round(time.monotonic() - t0, 4)})
     return Timing(samples=samples, rounds=rounds, reps=reps, calibration_us=calib,
-                  seconds=time.monotonic() - start, stop_reason=stop, batches=batches)
+                  seconds=time.monotonic() - start, stop_reason=stop, batches=batches,
+                  batches_per_sample=per_sample)

@@ -33,6 +33,12 @@ double rl_now_us(void) {
     return (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec * 1e-3;
 }
 
+double rl_cpu_us(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec * 1e-3;
+}
+
 void *rl_buf_alloc(rl_buf *b, size_t bytes, size_t misalign, size_t front, size_t back) {
     size_t lead = ((front + 63) / 64) * 64 + (misalign % 64);
     void *base = NULL;

@@ -28,6 +28,7 @@ float rl_uniform(rl_rng *r, float lo, float hi);
 void rl_fill_uniform(float *p, size_t n, rl_rng *r, float lo, float hi);
 size_t rl_below(rl_rng *r, size_t n); /* [0, n) */
 double rl_now_us(void);                /* CLOCK_MONOTONIC in microseconds */
+double rl_cpu_us(void);                /* this thread's CPU time in microseconds */
 
 /* Guarded buffers: `front`/`back` canary bytes around the data, and the data pointer placed
  * `misalign` bytes past a 64-byte boundary (so 4 -> aligned to 4 but not to 8, 16, 32).
@@ -54,7 +55,8 @@ void rl_info(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* ---- hooks the experiment's driver.c must define ---- */
 /* Allocate one benchmark case from its integer parameters (order chosen by eval.py). */
 void *rl_case_new(const long *params, int nparams, rl_rng *rng);
-/* Give the case fresh inputs before each timed sample (untimed). */
+/* Give the case fresh inputs before each timed batch (untimed), and leave the caches in
+ * the same state whichever implementation ran before (e.g. read the weights through). */
 void rl_case_refresh(void *st, rl_rng *rng);
 /* One call of fn; rep is the index within the timed batch, so the driver can cheaply
  * perturb an input between calls and no result can be reused. */

@@ -5,18 +5,29 @@
  *                             precedes each; prints RLOK when all pass
  *   prog bench                read commands on stdin, one per line, answer on stdout:
  *     seed <u64>                        reseed the RNG (inputs and per-round order)
+ *     clock cpu|wall                    time with this thread's CPU time (default) or
+ *                                       CLOCK_MONOTONIC
  *     case <name> <p0> <p1> ...         add a case (integer params, experiment's order)
- *     calibrate <min_sample_us> <warm>  warm every impl, pick reps per case -> "reps ..."
+ *     calibrate <min_us> <warm> <budget_us> <max_batches>
+ *                                       warm every impl; per case pick reps and batches
+ *                                       -> "reps <case> <reps> <fastest_us> <batches>"
  *     check                             check every impl's result per case -> "bad ..."
  *     rounds <n>                        n interleaved rounds -> "s <case> <impl> <us>"
  *     quit
  *   every command's answer ends with a line "ok".
  *
- * One sample = the mean time per call over one batch of `reps` back-to-back calls, with
- * fresh inputs before the batch (untimed) and a cheap input perturbation between calls
- * (rl_case_run). reps is calibrated once per case on the fastest impl so every batch
- * lasts at least min_sample_us; all impls of a case use the same reps. Within each round
- * and case the impl order is shuffled, so drift and position effects hit all impls alike.
+ * One sample = the MIN over `batches` batch means, a batch being `reps` back-to-back calls
+ * with fresh inputs before it (untimed) and a cheap input perturbation between calls
+ * (rl_case_run). reps is calibrated once per case on the fastest impl so every batch lasts
+ * at least min_us; batches = how many batches of the slowest impl fit in budget_us
+ * (1..max_batches), so a slow reference never multiplies the cost of a round.
+ * Both counts are per case and the SAME for every impl, so the min is equally biased for
+ * all of them: on a shared host preemption only ever adds time, and the min of a few short
+ * batches drops it, while slow cases (one call > budget) cost a single batch. Within each
+ * round and case the impl order is shuffled, so drift and position effects hit all alike.
+ * The default clock is the thread's CPU time: the kernel is single-threaded, and on a
+ * shared host the time it spends descheduled is not its cost. Cache and memory-bandwidth
+ * interference from neighbours still shows, which is what the paired rounds absorb.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <stdio.h>
@@ -33,24 +44,26 @@ typedef struct {
     char name[64];
     void *st;
     long reps;
+    long batches;
 } rl_case;
 
 static rl_case cases[RL_MAX_CASES];
 static int n_cases = 0;
 static rl_rng rng = {0x5EEDull};
+static double (*clock_us)(void) = rl_cpu_us;
 
 static double time_batch(rl_case *c, rl_fnptr fn, long reps) {
     rl_case_refresh(c->st, &rng);
-    double t0 = rl_now_us();
+    double t0 = clock_us();
     for (long k = 0; k < reps; k++) rl_case_run(c->st, fn, k);
-    double t1 = rl_now_us();
+    double t1 = clock_us();
     return (t1 - t0) / (double)reps;
 }
 
-static void cmd_calibrate(double min_sample_us, long warm) {
+static void cmd_calibrate(double min_sample_us, long warm, double budget_us, long max_batches) {
     for (int ci = 0; ci < n_cases; ci++) {
         rl_case *c = &cases[ci];
-        double fastest = 1e300;
+        double fastest = 1e300, slowest = 0.0;
         for (int i = 0; i < rl_n_impls; i++) {
             for (long w = 0; w < warm; w++) time_batch(c, rl_impl_fns[i], 1);
             /* grow the batch until it is long enough to time, then take its mean */
@@ -61,13 +74,19 @@ static void cmd_calibrate(double min_sample_us, long warm) {
                 per = time_batch(c, rl_impl_fns[i], reps);
             }
             if (per < fastest) fastest = per;
+            if (per > slowest) slowest = per;
         }
         if (fastest <= 0) fastest = 1e-3;
         long reps = (long)(min_sample_us / fastest) + 1;
         if (reps < 1) reps = 1;
         if (reps > (1L << 24)) reps = 1L << 24;
         c->reps = reps;
-        printf("reps %d %ld %.6g\n", ci, reps, fastest);
+        /* as many batches as the SLOWEST impl fits in the budget: same count for all */
+        long batches = (long)(budget_us / ((double)reps * slowest));
+        if (batches > max_batches) batches = max_batches;
+        if (batches < 1) batches = 1;
+        c->batches = batches;
+        printf("reps %d %ld %.6g %ld\n", ci, reps, fastest, batches);
     }
 }
 
@@ -96,6 +115,10 @@ static void cmd_rounds(long n) {
             for (int k = 0; k < rl_n_impls; k++) {
                 int i = order[k];
                 double us = time_batch(&cases[ci], rl_impl_fns[i], cases[ci].reps);
+                for (long b = 1; b < cases[ci].batches; b++) {
+                    double again = time_batch(&cases[ci], rl_impl_fns[i], cases[ci].reps);
+                    if (again < us) us = again;
+                }
                 printf("s %d %d %.6g\n", ci, i, us);
             }
         }
@@ -119,6 +142,9 @@ static int bench_loop(void) {
         } else if (!strcmp(cmd, "seed")) {
             char *a = strtok_r(NULL, " \t\r\n", &save);
             rng.s = a ? strtoull(a, NULL, 10) : 0;
+        } else if (!strcmp(cmd, "clock")) {
+            char *a = strtok_r(NULL, " \t\r\n", &save);
+            clock_us = (a && !strcmp(a, "wall")) ? rl_now_us : rl_cpu_us;
         } else if (!strcmp(cmd, "case")) {
             char *name = strtok_r(NULL, " \t\r\n", &save);
             long params[RL_MAX_PARAMS];
@@ -134,10 +160,14 @@ static int bench_loop(void) {
             snprintf(c->name, sizeof c->name, "%s", name);
             c->st = rl_case_new(params, np, &rng);
             c->reps = 1;
+            c->batches = 1;
         } else if (!strcmp(cmd, "calibrate")) {
             char *a = strtok_r(NULL, " \t\r\n", &save);
             char *b = strtok_r(NULL, " \t\r\n", &save);
-            cmd_calibrate(a ? strtod(a, NULL) : 1000.0, b ? strtol(b, NULL, 10) : 2);
+            char *d = strtok_r(NULL, " \t\r\n", &save);
+            char *e = strtok_r(NULL, " \t\r\n", &save);
+            cmd_calibrate(a ? strtod(a, NULL) : 1000.0, b ? strtol(b, NULL, 10) : 2,
+                          d ? strtod(d, NULL) : 0.0, e ? strtol(e, NULL, 10) : 1);
         } else if (!strcmp(cmd, "check")) {
             cmd_check();
         } else if (!strcmp(cmd, "rounds")) {
