@@ -149,6 +149,8 @@ def test_security_allows_naive_and_every_template_rendering() -> None:
     "void attention(void) { static const float *last; (void)last; }",
     "float cache[64];\nvoid attention(void) {}",
     "#pragma GCC poison x\nvoid attention(void) {}",
+    '#pragma GCC optimize("O3") extra\nvoid attention(void) {}',
+    "void attention(void) { FILE *f = 0; (void)f; }",
     "#define J(a, b) a##b\nvoid attention(void) { J(sys, tem)(0); }",
     "%:include <stdio.h>\nvoid attention(void) {}",
     "void attention(void) { sys\\\ntem(0); }",
