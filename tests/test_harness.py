@@ -211,3 +211,19 @@ def test_crash_and_hang_during_timing(tmp_path: Path) -> None:
     bench.close()
     assert info.value.kind == "timeout"
     assert bench.proc.poll() is not None  # killed, not left spinning
+
+
+def test_timing_measures_a_known_2x_slowdown(tmp_path: Path) -> None:
+    """The same machine code run twice per call must come out twice as slow, per case."""
+    impls = [cbuild.Impl("candidate", FIXTURES / "twice.c"),
+             cbuild.Impl("incumbent", FIXTURES / "once.c")]
+    build = cbuild.build(TARGET, impls, DRIVER, tmp_path)
+    acc = Acceptance(min_rounds=8, max_rounds=8, batch_rounds=8, max_seconds=30)
+    bench = BenchProcess(build.binary, cwd=tmp_path)
+    try:
+        t = measure(bench, SMALL_CASES, build.impl_names, acc, min_sample_us=300)
+    finally:
+        bench.close()
+    for case, s in t.samples.items():
+        ratios = sorted(c / r for c, r in zip(s["candidate"], s["incumbent"], strict=True))
+        assert 1.8 < ratios[len(ratios) // 2] < 2.2, (case, ratios)

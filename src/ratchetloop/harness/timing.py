@@ -189,8 +189,15 @@ def measure(
             n = min(n, acceptance.max_rounds - rounds) or 1
         t0 = time.monotonic()
         for line in bench.command(f"rounds {n}", command_timeout):
-            _, ci, impl, us = line.split()
-            samples[cases[int(ci)][0]][impl_names[int(impl)]].append(float(us))
+            try:
+                tag, ci, impl, us = line.split()
+                assert tag == "s"
+                samples[cases[int(ci)][0]][impl_names[int(impl)]].append(float(us))
+            except (ValueError, IndexError, AssertionError):
+                raise HarnessFailure(
+                    "crash", f"benchmark protocol corrupted by output {line[:60]!r}: the "
+                    "kernel must not print or write to file descriptors", line[:500],
+                    phase="benchmark") from None
         rounds += n
         batches.append({"rounds": n, "seconds": round(time.monotonic() - t0, 4)})
     return Timing(samples=samples, rounds=rounds, reps=reps, calibration_us=calib,
