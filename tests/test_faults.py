@@ -208,6 +208,8 @@ def test_ctrl_c_ends_with_a_summary_and_whole_files(exp_repo, tmp_path: Path) ->
     check_resumed(folder, repo, {})
     sc = json.loads((folder / "SCORES.json").read_text())
     assert len(sc["rows"]) == 1  # the first winner, recorded; the interrupted one not
+    interrupted = json.loads((folder / "runs" / "0002" / "attempt.json").read_text())
+    assert interrupted["status"] == "interrupted"  # the record of the cut attempt is finished
     assert not (folder / ".ratchet.lock.holder").exists()  # the lock was released
 
 

@@ -186,6 +186,10 @@ def iterate(s: Session, n: int) -> Outcome:
         outcome.status, outcome.failure_kind, outcome.message = r.status, r.kind, r.message
         outcome.score, outcome.ratio = r.score, r.ratio
         learn_from_rejection(s, n, outcome, r)
+    except KeyboardInterrupt:  # finish the record, then let the run end with its summary
+        outcome.status, outcome.message = "interrupted", "interrupted by Ctrl-C"
+        record_attempt(s, n, outcome, proposal, run, clock)
+        raise
     record_attempt(s, n, outcome, proposal, run, clock)
     tell_proposer(s, proposal, outcome, result)
     s.reporter.outcome(outcome, s.scores)
@@ -514,7 +518,7 @@ def record_attempt(s: Session, n: int, outcome: Outcome, proposal: Proposal | No
                    run: RunRecord, clock: float) -> None:
     """Step 9: runs/<n>/attempt.json, then SCORES and MEMORY (each write atomic)."""
     source = _read(run.path / f"candidate{Path(s.exp.target.file).suffix}")
-    if source and outcome.status != "duplicate":
+    if source and outcome.status not in ("duplicate", "interrupted"):
         label = outcome.failure_kind if outcome.status == "failed" else outcome.status
         s.memory.seen.setdefault(fingerprint(source, s.exp.target.language), label or "")
     s.scores.counts.attempts += 1

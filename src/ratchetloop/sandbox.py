@@ -579,6 +579,9 @@ def run(
                     proc.wait(timeout=timeout)
                 except subprocess.TimeoutExpired:
                     timed_out = True
+                except BaseException:  # Ctrl-C in the loop: the tree must not outlive it
+                    _kill_tree(proc, cgroup)
+                    raise
                 _kill_tree(proc, cgroup)
             status = _read_status(status_r)
             stdout, t1 = _read_capped(out, limits.output_bytes)
