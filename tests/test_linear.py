@@ -270,3 +270,11 @@ def test_seed_script_resets_state_and_keeps_winners(exp_repo: Callable[..., Path
     assert not scores.exists() or json.loads(scores.read_text()).get("experiment") == "linear"
     assert not (folder / "runs").exists() and (folder / "winners" / "abc").is_dir()
     assert json.loads((folder / "experiment.json").read_text())["name"] == "linear"
+
+
+def test_primary_case_steers_sequential_stopping_only_when_timed(tmp_path: Path) -> None:
+    spec = load("eval").SPEC
+    (tmp_path / "experiment.json").write_text(json.dumps(
+        {"cases": [{"name": "a"}, {"name": "b", "primary": True}]}))
+    assert run._primary(spec, tmp_path, ["a", "b"]) == "b"
+    assert run._primary(spec, tmp_path, ["a"]) is None

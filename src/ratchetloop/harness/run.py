@@ -67,11 +67,23 @@ def load_cases(spec: CExperiment, names: list[str], folder: Path) -> list[tuple[
     return out
 
 
-def _unit(spec: CExperiment, folder: Path) -> str:
+def _contract(spec: CExperiment, folder: Path) -> dict:
     try:
-        return str(json.loads((folder / spec.contract).read_text("utf-8")).get("unit", "us"))
+        return dict(json.loads((folder / spec.contract).read_text("utf-8")))
     except (OSError, ValueError):
-        return "us"
+        return {}
+
+
+def _unit(spec: CExperiment, folder: Path) -> str:
+    return str(_contract(spec, folder).get("unit", "us"))
+
+
+def _primary(spec: CExperiment, folder: Path, cases: list[str]) -> str | None:
+    """The primary case's name if the contract marks one that is being timed."""
+    for case in _contract(spec, folder).get("cases", []):
+        if case.get("primary") and case.get("name") in cases:
+            return str(case["name"])
+    return None
 
 
 def sanitizer_env() -> dict[str, str]:
@@ -184,6 +196,7 @@ def evaluate(request: EvalRequest, spec: CExperiment, workdir: Path | None = Non
                              min_sample_us=spec.min_sample_us, warmup=spec.warmup,
                              sample_budget_us=spec.sample_budget_us,
                              max_batches=spec.max_batches, clock=spec.clock,
+                             primary=_primary(spec, work, request.cases),
                              check=request.validate_candidate,
                              command_timeout=spec.bench_command_timeout)
         finally:

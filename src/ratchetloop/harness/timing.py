@@ -129,6 +129,7 @@ def measure(
     sample_budget_us: float = 8000.0,
     max_batches: int = 5,
     clock: str = "cpu",
+    primary: str | None = None,
     check: bool = True,
     command_timeout: float = 120.0,
 ) -> Timing:
@@ -136,8 +137,9 @@ def measure(
 
     impl_names[0] is the candidate, the rest are references (the build's order).
     With references, keeps adding batches while `needs_more_rounds` says the candidate vs
-    ANY reference is still unsure (bounded by max_rounds/max_seconds). Without references
-    (seeding a baseline) it takes exactly `min_rounds` rounds of the candidate alone.
+    ANY reference is still unsure (on the primary case if given, else the suite total),
+    bounded by max_rounds/max_seconds. Without references (seeding a baseline) it takes
+    `min_rounds` rounds (rounded up to whole batches) of the candidate alone.
     """
     start = time.monotonic()
     bench.command(f"seed {int(seed) & 0xFFFFFFFFFFFFFFFF}", command_timeout)
@@ -176,7 +178,8 @@ def measure(
         if refs:
             unsure = [r for r in refs if needs_more_rounds(
                 {c: samples[c][cand] for c in samples},
-                {c: samples[c][r] for c in samples}, acceptance, lower_is_better, elapsed)]
+                {c: samples[c][r] for c in samples}, acceptance, lower_is_better, elapsed,
+                primary=primary)]
             if not unsure:
                 stop = ("decided" if rounds < acceptance.max_rounds
                         and elapsed < acceptance.max_seconds else "budget")
