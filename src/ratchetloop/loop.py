@@ -168,24 +168,25 @@ def iterate(s: Session, n: int) -> Outcome:
     run = RunRecord(s.exp.root, n)
     clock = time.monotonic()
     s.scores.last_iteration = n
-    prompt = build_prompt(s, n, run)
     outcome = Outcome(iteration=n, status="failed")
     proposal: Proposal | None = None
     result: evaluate.EvalResult | None = None
     try:
-        proposal = ask_proposer(s, n, prompt, run)
-        outcome.usage = proposal.usage
-        candidate = extract_candidate(s, proposal, run)
-        outcome.note = candidate.note
-        skip_duplicate(s, candidate)
-        check_security(s, n, candidate, run)
-        result = evaluate_candidate(s, n, candidate, run)
-        decision = decide(s, result, run)
-        outcome = accept_or_reject(s, n, candidate, proposal, decision, outcome)
-    except Rejected as r:
-        outcome.status, outcome.failure_kind, outcome.message = r.status, r.kind, r.message
-        outcome.score, outcome.ratio = r.score, r.ratio
-        learn_from_rejection(s, n, outcome, r)
+        try:
+            prompt = build_prompt(s, n, run)
+            proposal = ask_proposer(s, n, prompt, run)
+            outcome.usage = proposal.usage
+            candidate = extract_candidate(s, proposal, run)
+            outcome.note = candidate.note
+            skip_duplicate(s, candidate)
+            check_security(s, n, candidate, run)
+            result = evaluate_candidate(s, n, candidate, run)
+            decision = decide(s, result, run)
+            outcome = accept_or_reject(s, n, candidate, proposal, decision, outcome)
+        except Rejected as r:
+            outcome.status, outcome.failure_kind, outcome.message = r.status, r.kind, r.message
+            outcome.score, outcome.ratio = r.score, r.ratio
+            learn_from_rejection(s, n, outcome, r)
     except KeyboardInterrupt:  # finish the record, then let the run end with its summary
         outcome.status, outcome.message = "interrupted", "interrupted by Ctrl-C"
         record_attempt(s, n, outcome, proposal, run, clock)
