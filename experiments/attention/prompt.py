@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ratchetloop.proposers.base import CACHE_BREAK
+
 MAX_SPECIALISTS = 4
 DETAIL_CHARS = 1800
 
@@ -41,7 +43,9 @@ def build(context: dict[str, Any]) -> str:
     fn = context.get("target_function", "attention")
     incumbent = (context.get("incumbent_source") or "").strip()
     naive = (context.get("naive_source") or "").strip()
-    parts: list[str] = [context.get("experiment_md", "").strip(), ""]
+    # Everything above the cache-break marker is the same in every prompt, so backends that
+    # cache prompts (Anthropic) pay for it once.
+    parts: list[str] = [context.get("experiment_md", "").strip(), CACHE_BREAK, ""]
     parts += ["## Benchmark cases timed this run", *_cases(context.get("cases") or []), ""]
     parts += [
         f"## Current best (iteration {context.get('iteration', '?')})",

@@ -1,10 +1,13 @@
 """What the model sees for the fib demo."""
 
+from ratchetloop.proposers.base import CACHE_BREAK
+
 
 def build(context: dict) -> str:
     failure = context.get("last_failure")
     parts = [
         context["experiment_md"].strip(),
+        CACHE_BREAK,  # the stable part ends here: backends that cache prompts pay once
         "",
         f"Current best ({context['incumbent_score'] or 'unmeasured'} {context['unit']} per suite"
         f" round; seed {context['seed_score']} {context['unit']}):",
