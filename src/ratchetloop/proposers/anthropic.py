@@ -20,7 +20,6 @@ from typing import Any
 
 import anthropic
 
-from ..errors import ProposerError
 from .base import CACHE_BREAK, BaseProposer, Proposal, ProposalFailed, Usage
 from .pricing import price
 from .retry import (
@@ -29,6 +28,7 @@ from .retry import (
     about_temperature,
     one_line,
     raise_for_status,
+    send_dropping_temperature,
     server_message,
 )
 
@@ -136,22 +136,7 @@ class AnthropicProposer(BaseProposer):
 
     def propose(self, prompt: str) -> Proposal:
         body = self.build_request(prompt)
-        try:
-            try:
-                raw_text = self.retry.run(lambda: self._send(body))
-            except anthropic.BadRequestError:
-                self.notify(f"{self.name}: model does not accept temperature; retrying without it")
-                self.temperature = None
-                body.pop("temperature", None)
-                raw_text = self.retry.run(lambda: self._send(body))
-        except anthropic.BadRequestError as exc:
-            raise ProposerError(
-                f"{self.name} refused the request (400): "
-                f"{one_line(server_message(exc), (self._key,))}"
-            ) from None
-        except ProposalFailed as exc:
-            exc.request = body
-            raise
+        raw_text = send_dropping_temperature(self, body, self._send, anthropic.BadRequestError)
         return self.parse(raw_text, body)
 
     def parse(self, raw_text: str, body: dict[str, Any]) -> Proposal:

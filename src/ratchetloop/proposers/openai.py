@@ -25,6 +25,7 @@ from .retry import (
     about_temperature,
     one_line,
     raise_for_status,
+    send_dropping_temperature,
     server_message,
 )
 
@@ -135,25 +136,7 @@ class OpenAIProposer(BaseProposer):
 
     def propose(self, prompt: str) -> Proposal:
         body = self.build_request(prompt)
-        try:
-            try:
-                raw_text = self.retry.run(lambda: self._send(body))
-            except openai.BadRequestError:
-                # Some models take only their default temperature: say so, drop it, retry once.
-                self.notify(f"{self.name}: model does not accept temperature; retrying without it")
-                self.temperature = None
-                body.pop("temperature", None)
-                raw_text = self.retry.run(lambda: self._send(body))
-        except openai.BadRequestError as exc:
-            from ..errors import ProposerError
-
-            raise ProposerError(
-                f"{self.name} refused the request (400): "
-                f"{one_line(server_message(exc), (self._key,))}"
-            ) from None
-        except ProposalFailed as exc:
-            exc.request = body
-            raise
+        raw_text = send_dropping_temperature(self, body, self._send, openai.BadRequestError)
         return self.parse(raw_text, body)
 
     # -- response -----------------------------------------------------------------------

@@ -13,8 +13,9 @@ import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
+from ..errors import ProposerError
 from .base import ProposalFailed
 
 T = TypeVar("T")
@@ -110,6 +111,30 @@ def about_temperature(exc: Exception) -> bool:
         return True
     text = server_message(exc).lower()
     return "temperature" in text and ("support" in text or "unsupported" in text)
+
+
+def send_dropping_temperature(proposer: Any, body: dict[str, Any],
+                              send: Callable[[dict[str, Any]], str],
+                              bad_request: type[Exception]) -> str:
+    """Send `body` under the retry policy. `send` lets through only a 400 about temperature:
+    then say so, drop it for this and later calls, and send once more. Any other refusal
+    stops the run with one line; a failure after retries is recorded with its request."""
+    key = (getattr(proposer, "_key", None),)
+    try:
+        try:
+            return proposer.retry.run(lambda: send(body))
+        except bad_request:
+            proposer.notify(f"{proposer.name}: model does not accept temperature;"
+                            " retrying without it")
+            proposer.temperature = None
+            body.pop("temperature", None)
+            return proposer.retry.run(lambda: send(body))
+    except bad_request as exc:
+        raise ProposerError(f"{proposer.name} refused the request (400): "
+                            f"{one_line(server_message(exc), key)}") from None
+    except ProposalFailed as exc:
+        exc.request = body
+        raise
 
 
 def one_line(text: str, secrets: tuple[str | None, ...] = (), limit: int = 240) -> str:
