@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from . import evaluate, gitops, measure
+from . import evaluate, gitops, measure, stability
 from . import memory as memory_mod
 from . import scores as scores_mod
 from .errors import RatchetError
@@ -141,6 +141,7 @@ def run_loop(exp: Experiment, proposer: Proposer, options: Options,
         s.adapter = adapter
         summary = Summary(experiment=exp.name, proposer=proposer.name)
         try:
+            warn_if_host_busy(s)
             ensure_seeded(s)
             for _ in range(options.iterations):
                 reason = stop_reason(s)
@@ -260,6 +261,12 @@ def ensure_seeded(s: Session) -> None:
     )
     s.memory.seen[fingerprint(naive, s.exp.target.language)] = "seed"
     save_state(s)
+
+
+def warn_if_host_busy(s: Session) -> None:
+    """Timing on a busy host needs more rounds and decides less: say so up front."""
+    for warning in stability.check_host().warnings:
+        s.reporter.message(f"[yellow]host: {warning}[/]")
 
 
 def stop_reason(s: Session) -> str:
@@ -411,8 +418,11 @@ def decide(s: Session, result: evaluate.EvalResult, run: RunRecord) -> Decision:
     run.json("decision.json", {
         "is_best": is_best, "cases_won": won, "overall": overall.to_dict(),
         "per_case": {c: cmp.to_dict() for c, cmp in per_case.items()},
-        "rule": "accept when the paired log-ratio CI excludes no-change and the gain is"
-                f" at least {acc.min_effect:.1%} at {acc.confidence:.0%} confidence",
+        "host_warnings": stability.check_host(sample_seconds=0).warnings,
+        "pinned_cpu": result.info.get("pinned_cpu"),
+        "rule": "accept when a signed-rank test on the paired per-round log-ratios is"
+                f" significant at {acc.confidence:.0%} (alpha spent across sequential looks)"
+                f" and the estimated gain is at least {acc.min_effect:.1%}",
     })
     if not is_best and not won:
         raise Rejected("rejected", "not_better",

@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import stability
 from ..evaluate import EvalRequest, EvalResult
 from ..experiment import Experiment
 from . import cbuild
@@ -189,6 +190,9 @@ def evaluate(request: EvalRequest, spec: CExperiment, workdir: Path | None = Non
         if fast.log.strip():
             logs["build"] = tail(fast.log, 1500)
         cases = load_cases(spec, request.cases, work)
+        # Pin after the builds (the compiler wants both cores): the benchmark binary
+        # inherits this affinity, so it is not migrated between CPUs mid-sample.
+        info["pinned_cpu"] = stability.pin_current_process()
         bench = BenchProcess(fast.binary, cwd=work)
         try:
             timing = measure(bench, cases, fast.impl_names, request.acceptance,
