@@ -14,6 +14,11 @@ def build(context: dict) -> str:
         "```python",
         context["incumbent_source"].strip(),
         "```",
+    ]
+    for spec in context.get("specialists") or []:
+        parts += ["", f"Best on case {spec['case']} ({spec['score']} {context['unit']}),"
+                  " though not best overall:", "```python", spec["source"].strip(), "```"]
+    parts += [
         "",
         context["memory_md"].strip(),
     ]
