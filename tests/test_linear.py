@@ -49,7 +49,8 @@ def test_contract_loads_and_declares_the_template_knobs() -> None:
     assert not any(c.primary for c in exp.cases)  # score = per-round suite total
     shapes = {(c.params["C"], c.params["OC"]) for c in exp.cases}
     assert {(768, 768), (768, 2304), (768, 3072), (3072, 768)} <= shapes
-    assert (LINEAR / "candidate.c").read_text() == NAIVE
+    if not (LINEAR / "SCORES.json").exists():  # as shipped; after a run it holds the best
+        assert (LINEAR / "candidate.c").read_text() == NAIVE
 
 
 # ---------------- eval.py end to end ----------------
