@@ -95,6 +95,11 @@ def test_loop_with_openai_backend_records_usage_and_never_writes_the_key(exp_rep
     sc = json.loads((folder / "SCORES.json").read_text())
     total = json.dumps(sc)
     assert "1200" in total or "2400" in total  # usage reached the scoreboard
+    u = sc["usage"]
+    md = (folder / "SCORES.md").read_text()  # and its rendering, with the cost
+    assert f"cumulative usage: {u['prompt_tokens'] + u['completion_tokens']} total tokens" in md
+    assert f"cached prompt {u['cached_prompt_tokens']}" in md and u["cached_prompt_tokens"] > 0
+    assert "estimated cost $" in md or "estimated cost unknown" in md
     request = json.loads((folder / "runs" / "0001" / "request.json").read_text())
     assert request["model"] == "gpt-4.1-mini" and request["temperature"] == 0.4
     assert "matmul_forward" in (folder / "runs" / "0001" / "response.txt").read_text()
