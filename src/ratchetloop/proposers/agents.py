@@ -24,7 +24,7 @@ from typing import Any
 
 from ..errors import ProposerError
 from . import keys
-from .base import CACHE_BREAK, BaseProposer, Proposal, ProposalFailed, Usage
+from .base import CACHE_BREAK, BaseProposer, Proposal, ProposalFailed, Usage, token_count
 from .pricing import cost_from_table, lookup_cost
 from .retry import one_line
 
@@ -174,10 +174,6 @@ class _AgentProposer(BaseProposer):
         )
 
 
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
 class ClaudeCLIProposer(_AgentProposer):
     """Claude Code in print mode, tools off: a pure prompt-in, answer-out call."""
 
@@ -194,15 +190,7 @@ class ClaudeCLIProposer(_AgentProposer):
         data = json.loads(out)
         if not isinstance(data, dict):
             raise ValueError("not a JSON object")
-        raw_usage = data.get("usage") or {}
-        read = _int(raw_usage.get("cache_read_input_tokens"))
-        write = _int(raw_usage.get("cache_creation_input_tokens"))
-        usage = Usage(
-            prompt_tokens=_int(raw_usage.get("input_tokens")) + read + write,
-            completion_tokens=_int(raw_usage.get("output_tokens")),
-            cached_prompt_tokens=read,
-            cache_write_tokens=write,
-        )
+        usage = Usage.from_anthropic(data.get("usage"))
         model_usage = data.get("modelUsage")
         model = next(iter(model_usage), None) if isinstance(model_usage, dict) else None
         model = model or self.model
@@ -263,9 +251,9 @@ class CodexCLIProposer(_AgentProposer):
             elif kind == "turn.completed":
                 raw = event.get("usage") or {}
                 usage = usage + Usage(
-                    prompt_tokens=_int(raw.get("input_tokens")),
-                    completion_tokens=_int(raw.get("output_tokens")),
-                    cached_prompt_tokens=_int(raw.get("cached_input_tokens")),
+                    prompt_tokens=token_count(raw.get("input_tokens")),
+                    completion_tokens=token_count(raw.get("output_tokens")),
+                    cached_prompt_tokens=token_count(raw.get("cached_input_tokens")),
                 )
             elif kind in ("turn.failed", "error"):
                 err = event.get("error") if kind == "turn.failed" else event

@@ -24,12 +24,9 @@ from .base import CACHE_BREAK, BaseProposer, Proposal, ProposalFailed, Usage
 from .pricing import price
 from .retry import (
     RetryPolicy,
-    Transient,
-    about_temperature,
+    call_sdk,
     one_line,
-    raise_for_status,
     send_dropping_temperature,
-    server_message,
 )
 
 DEFAULT_MAX_TOKENS = 16000  # Messages requires max_tokens; enough for one function + note
@@ -49,10 +46,6 @@ def split_stable(prompt: str, stable_text: str | None = None) -> tuple[str, str]
             end = at + len(stable_text.strip())
             return prompt[:end], prompt[end:]
     return "", prompt
-
-
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def _notify_stderr(message: str) -> None:
@@ -110,29 +103,8 @@ class AnthropicProposer(BaseProposer):
         kwargs = dict(body)
         if "temperature" in kwargs:  # not a typed parameter in current SDKs; send it raw
             kwargs["extra_body"] = {"temperature": kwargs.pop("temperature")}
-        try:
-            raw = self.client.messages.with_raw_response.create(**kwargs)
-        except anthropic.APITimeoutError:
-            raise Transient("timeout", f"{self.name}: no reply within {self.timeout:g}s") from None
-        except anthropic.APIConnectionError:
-            raise Transient(
-                "connection_error", f"{self.name}: cannot connect to {self.client.base_url}"
-            ) from None
-        except anthropic.APIStatusError as exc:
-            if exc.status_code == 400 and "temperature" in body and about_temperature(exc):
-                raise
-            raise_for_status(
-                exc.status_code,
-                exc.response.headers,
-                server_message(exc),
-                backend=self.name,
-                model=self.model,
-                key_var="ANTHROPIC_API_KEY",
-                secrets=(self._key,),
-            )
-            raise  # pragma: no cover
-        text = raw.http_response.text
-        return text.replace(self._key, "***") if self._key else text  # an echoing server
+        return call_sdk(self, anthropic, self.client.messages.with_raw_response.create, kwargs,
+                        body, key_var="ANTHROPIC_API_KEY")
 
     def propose(self, prompt: str) -> Proposal:
         body = self.build_request(prompt)
@@ -150,15 +122,7 @@ class AnthropicProposer(BaseProposer):
                     if not isinstance(block.get("text"), str):
                         raise TypeError("text block without text")
                     parts.append(block["text"])
-            raw_usage = data.get("usage") or {}
-            read = _int(raw_usage.get("cache_read_input_tokens"))
-            write = _int(raw_usage.get("cache_creation_input_tokens"))
-            usage = Usage(
-                prompt_tokens=_int(raw_usage.get("input_tokens")) + read + write,
-                completion_tokens=_int(raw_usage.get("output_tokens")),
-                cached_prompt_tokens=read,
-                cache_write_tokens=write,
-            )
+            usage = Usage.from_anthropic(data.get("usage"))
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ProposalFailed(
                 f"{self.name}: malformed response ({one_line(str(exc), (self._key,), 120)})",

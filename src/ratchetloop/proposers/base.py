@@ -18,6 +18,11 @@ from ..errors import RatchetError
 CACHE_BREAK = "<!-- ratchet:cache-break -->"
 
 
+def token_count(value: Any) -> int:
+    """A token count from a wire body: an int, else 0 (never a bool, None or a string)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
 @dataclass
 class Usage:
     prompt_tokens: int = 0
@@ -29,6 +34,17 @@ class Usage:
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
+
+    @classmethod
+    def from_anthropic(cls, raw: Any) -> Usage:
+        """Anthropic's usage block (the API and the claude CLI): cache reads and writes are
+        prompt tokens too, counted separately as well."""
+        raw = raw if isinstance(raw, dict) else {}
+        read = token_count(raw.get("cache_read_input_tokens"))
+        write = token_count(raw.get("cache_creation_input_tokens"))
+        return cls(prompt_tokens=token_count(raw.get("input_tokens")) + read + write,
+                   completion_tokens=token_count(raw.get("output_tokens")),
+                   cached_prompt_tokens=read, cache_write_tokens=write)
 
     def __add__(self, other: Usage) -> Usage:
         cost = (

@@ -17,16 +17,13 @@ from typing import Any
 
 import openai
 
-from .base import CACHE_BREAK, BaseProposer, Proposal, ProposalFailed, Usage
+from .base import CACHE_BREAK, BaseProposer, Proposal, ProposalFailed, Usage, token_count
 from .pricing import price
 from .retry import (
     RetryPolicy,
-    Transient,
-    about_temperature,
+    call_sdk,
     one_line,
-    raise_for_status,
     send_dropping_temperature,
-    server_message,
 )
 
 _REASONING = re.compile(r"^(o\d|gpt-5)", re.IGNORECASE)
@@ -40,10 +37,6 @@ def uses_responses_api(model: str) -> bool:
 
 def _notify_stderr(message: str) -> None:
     print(message, file=sys.stderr)
-
-
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 class OpenAIProposer(BaseProposer):
@@ -110,29 +103,8 @@ class OpenAIProposer(BaseProposer):
         endpoint = (
             self.client.responses if self.api == "responses" else self.client.chat.completions
         )
-        try:
-            raw = endpoint.with_raw_response.create(**body)
-        except openai.APITimeoutError:
-            raise Transient("timeout", f"{self.name}: no reply within {self.timeout:g}s") from None
-        except openai.APIConnectionError:
-            raise Transient(
-                "connection_error", f"{self.name}: cannot connect to {self.client.base_url}"
-            ) from None
-        except openai.APIStatusError as exc:
-            if exc.status_code == 400 and "temperature" in body and about_temperature(exc):
-                raise
-            raise_for_status(
-                exc.status_code,
-                exc.response.headers,
-                server_message(exc),
-                backend=self.name,
-                model=self.model,
-                key_var=self.key_var,
-                secrets=(self._key,),
-            )
-            raise  # pragma: no cover - raise_for_status always raises
-        text = raw.http_response.text
-        return text.replace(self._key, "***") if self._key else text  # an echoing server
+        return call_sdk(self, openai, endpoint.with_raw_response.create, body, body,
+                        key_var=self.key_var)
 
     def propose(self, prompt: str) -> Proposal:
         body = self.build_request(prompt)
@@ -188,13 +160,13 @@ class OpenAIProposer(BaseProposer):
         details = raw_usage.get("prompt_tokens_details") or {}
         out_details = raw_usage.get("completion_tokens_details") or {}
         usage = Usage(
-            prompt_tokens=_int(raw_usage.get("prompt_tokens")),
-            completion_tokens=_int(raw_usage.get("completion_tokens")),
-            cached_prompt_tokens=_int(details.get("cached_tokens")),
+            prompt_tokens=token_count(raw_usage.get("prompt_tokens")),
+            completion_tokens=token_count(raw_usage.get("completion_tokens")),
+            cached_prompt_tokens=token_count(details.get("cached_tokens")),
         )
         meta = {
             "finish_reason": choice.get("finish_reason"),
-            "reasoning_tokens": _int(out_details.get("reasoning_tokens")),
+            "reasoning_tokens": token_count(out_details.get("reasoning_tokens")),
             "served_model": data.get("model"),
         }
         return content or "", usage, meta
@@ -217,14 +189,14 @@ class OpenAIProposer(BaseProposer):
         in_details = raw_usage.get("input_tokens_details") or {}
         out_details = raw_usage.get("output_tokens_details") or {}
         usage = Usage(
-            prompt_tokens=_int(raw_usage.get("input_tokens")),
-            completion_tokens=_int(raw_usage.get("output_tokens")),  # includes reasoning
-            cached_prompt_tokens=_int(in_details.get("cached_tokens")),
+            prompt_tokens=token_count(raw_usage.get("input_tokens")),
+            completion_tokens=token_count(raw_usage.get("output_tokens")),  # includes reasoning
+            cached_prompt_tokens=token_count(in_details.get("cached_tokens")),
         )
         incomplete = data.get("incomplete_details") or {}
         meta = {
             "finish_reason": incomplete.get("reason") or data.get("status"),
-            "reasoning_tokens": _int(out_details.get("reasoning_tokens")),
+            "reasoning_tokens": token_count(out_details.get("reasoning_tokens")),
             "served_model": data.get("model"),
         }
         return "".join(parts), usage, meta

@@ -13,6 +13,7 @@ import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any, TypeVar
 
 from ..errors import ProposerError
@@ -111,6 +112,31 @@ def about_temperature(exc: Exception) -> bool:
         return True
     text = server_message(exc).lower()
     return "temperature" in text and ("support" in text or "unsupported" in text)
+
+
+def call_sdk(proposer: Any, sdk: ModuleType, create: Callable[..., Any],
+             kwargs: dict[str, Any], body: dict[str, Any], key_var: str) -> str:
+    """One attempt through an official SDK (openai and anthropic share their error types):
+    timeouts and connection errors are Transient, statuses go through raise_for_status,
+    a 400 about temperature is let through for send_dropping_temperature. Returns the raw
+    body text with the key blanked out, in case a server echoes it."""
+    try:
+        raw = create(**kwargs)
+    except sdk.APITimeoutError:  # a subclass of APIConnectionError: keep it first
+        raise Transient("timeout",
+                        f"{proposer.name}: no reply within {proposer.timeout:g}s") from None
+    except sdk.APIConnectionError:
+        raise Transient("connection_error",
+                        f"{proposer.name}: cannot connect to {proposer.client.base_url}") from None
+    except sdk.APIStatusError as exc:
+        if exc.status_code == 400 and "temperature" in body and about_temperature(exc):
+            raise
+        raise_for_status(exc.status_code, exc.response.headers, server_message(exc),
+                         backend=proposer.name, model=proposer.model, key_var=key_var,
+                         secrets=(proposer._key,))
+        raise  # pragma: no cover - raise_for_status always raises
+    text = raw.http_response.text
+    return text.replace(proposer._key, "***") if proposer._key else text
 
 
 def send_dropping_temperature(proposer: Any, body: dict[str, Any],
