@@ -324,7 +324,6 @@ def build_prompt(s: Session, n: int, run: RunRecord) -> str:
 def ask_proposer(s: Session, n: int, prompt: str, run: RunRecord) -> Proposal:
     """Step 3: text plus token usage; a failed request is a recorded attempt."""
     s.reporter.phase(n, f"asking {s.proposer.name}")
-    start = time.monotonic()
     try:
         with run.timed("propose"):
             proposal = s.proposer.propose(prompt)
@@ -339,7 +338,7 @@ def ask_proposer(s: Session, n: int, prompt: str, run: RunRecord) -> Proposal:
     if proposal.raw_response is not None:
         run.text("response.txt", proposal.raw_response)
     run.text("reply.md", proposal.text)
-    run.json("usage.json", {**asdict(proposal.usage), "seconds": time.monotonic() - start})
+    run.json("usage.json", {**asdict(proposal.usage), "seconds": run.seconds["propose"]})
     return proposal
 
 
