@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import signal
@@ -13,10 +14,11 @@ from pathlib import Path
 import pytest
 
 from ratchetloop import sandbox
-from ratchetloop.sandbox import Limits
+from ratchetloop.sandbox import Limits, cgroups, probe, runner
 
 LAYERS = {name: active for name, active, _ in sandbox.describe_layers()}
-NO_NS = dict.fromkeys(("user", "pid", "net", "ipc", "uts", "mount"), False)
+NO_NS = dict(probe.NO_NAMESPACES)
+NO_CGROUPS = cgroups.Available(v1={}, v2=None, why_v1={}, why_v2="disabled by the test")
 
 
 def py(code: str) -> list[str]:
@@ -27,18 +29,37 @@ def test_describe_layers_is_honest_and_matches_what_run_uses(tmp_path: Path) -> 
     layers = sandbox.describe_layers()
     names = [name for name, _, _ in layers]
     for required in ("pid-namespace", "net-namespace", "mount-namespace", "cgroup-memory",
-                     "cgroup-pids", "rlimits", "env-allowlist", "seccomp", "disk-quota"):
+                     "cgroup-pids", "cgroup-kill", "cgroup-cpu", "rlimits", "env-allowlist",
+                     "seccomp", "disk-quota", "home-hidden", "keys-hidden", "work-dir",
+                     "user-namespace", "non-root"):
         assert required in names
     for name, active, why in layers:
         assert isinstance(name, str) and isinstance(active, bool) and why.strip()
-    assert not LAYERS["seccomp"]  # not implemented: say so
-    assert LAYERS["disk-quota"] == LAYERS["mount-namespace"]
+    why = {n: w for n, _, w in layers}
+    assert "not by the sandbox" in why["seccomp"]  # the harness applies the filter: say so
+    assert LAYERS["disk-quota"] == LAYERS["mount-namespace"] == LAYERS["home-hidden"]
+    assert ("overlayfs" in why["work-dir"]) != ("tmpfs copy" in why["work-dir"])
+    for name in ("cgroup-memory", "cgroup-pids", "cgroup-kill", "cgroup-cpu"):
+        assert why[name].startswith(("v1:", "v2:")) or not LAYERS[name], why[name]
     res = sandbox.run(["true"], cwd=tmp_path, timeout=20)
     assert res.ok, res.stderr
     used = set(res.layers)
-    for name in ("pid-namespace", "net-namespace", "mount-namespace", "cgroup-memory",
-                 "cgroup-pids", "cgroup-freezer"):
+    for name in ("pid-namespace", "net-namespace", "mount-namespace", "home-hidden",
+                 "keys-hidden", "work-dir", "cgroup-memory", "cgroup-pids", "cgroup-kill",
+                 "cgroup-cpu"):
         assert (name in used) == LAYERS[name], name
+
+
+def test_missing_layers_names_what_is_off_and_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, why in sandbox.missing_layers():
+        assert LAYERS[name] is False and why.strip()
+    monkeypatch.setattr(probe, "namespaces", lambda: NO_NS)
+    monkeypatch.setattr(cgroups, "available", lambda: NO_CGROUPS)
+    missing = dict(sandbox.missing_layers())
+    for name in ("pid-namespace", "net-namespace", "mount-namespace", "home-hidden",
+                 "keys-hidden", "work-dir", "cgroup-memory", "cgroup-kill"):
+        assert name in missing, name
+    assert "NO memory limit" in missing["cgroup-memory"]
 
 
 def test_exit_code_and_signal_are_reported(tmp_path: Path) -> None:
@@ -63,7 +84,7 @@ def test_missing_cwd_is_a_sandbox_error_not_an_exception(tmp_path: Path) -> None
 def test_failed_filesystem_setup_fails_closed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sandbox, "_keep_paths", lambda *a: ["/nonexistent/ratchet-keep"])
+    monkeypatch.setattr(runner, "keep_paths", lambda *a: ["/nonexistent/ratchet-keep"])
     res = sandbox.run(["sh", "-c", "echo should-not-run"], cwd=tmp_path, timeout=20)
     assert res.error and "setup failed" in res.error
     assert "should-not-run" not in res.stdout and not res.ok
@@ -94,14 +115,21 @@ def test_result_line_survives_output_truncation(tmp_path: Path) -> None:
     assert len(res.stdout) < 17 << 10
 
 
-def test_safe_env_refuses_secrets_even_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_environment_refuses_secrets_even_when_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", "sk-live-0123456789abcdef")
     monkeypatch.setenv("TMPDIR", "/tmp")
-    env = sandbox.safe_env({"AWS_SECRET_ACCESS_KEY": "x", "hf_token": "y", "PGPASSWORD": "z",
-                            "COPY": "sk-live-0123456789abcdef", "OK": "1"})
+    res = sandbox.run(py("import json, os; print(json.dumps(dict(os.environ)))"),
+                      cwd=tmp_path, timeout=20,
+                      env={"AWS_SECRET_ACCESS_KEY": "x", "hf_token": "y", "PGPASSWORD": "z",
+                           "COPY": "sk-live-0123456789abcdef", "OK": "1",
+                           "RATCHET_RESULT_FD": "3"})
+    env = json.loads(res.stdout)
     assert env["OK"] == "1" and env["TMPDIR"] == "/tmp" and "PATH" in env
     assert not {"OPENAI_API_KEY", "AWS_SECRET_ACCESS_KEY", "hf_token", "PGPASSWORD",
-                "COPY"} & set(env)
+                "COPY", "RATCHET_RESULT_FD"} & set(env)
+    assert set(res.dropped_env) == {"AWS_SECRET_ACCESS_KEY", "hf_token", "PGPASSWORD", "COPY"}
     assert env["HOME"] != str(Path.home())
 
 
@@ -109,8 +137,8 @@ def test_fallback_without_namespaces_or_cgroups_still_contains_the_basics(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """What a fresh CI box without unshare/cgroups gets: session, rlimits, env, reaper."""
-    monkeypatch.setattr(sandbox, "_namespaces", lambda: NO_NS)
-    monkeypatch.setattr(sandbox, "_cgroups", lambda: {})
+    monkeypatch.setattr(probe, "namespaces", lambda: NO_NS)
+    monkeypatch.setattr(cgroups, "available", lambda: NO_CGROUPS)
     res = sandbox.run(py("""
         import subprocess, time
         subprocess.Popen(["sh", "-c", "sleep 300 & sleep 300"], start_new_session=True)
@@ -136,8 +164,8 @@ def _processes_under(res: sandbox.SandboxResult, where: Path) -> list[int]:
     return found
 
 
-@pytest.mark.skipif(not (LAYERS["pid-namespace"] or LAYERS["cgroup-freezer"]),
-                    reason="neither pid namespace nor cgroup freezer active")
+@pytest.mark.skipif(not (LAYERS["pid-namespace"] or LAYERS["cgroup-kill"]),
+                    reason="neither pid namespace nor cgroup kill active")
 def test_tree_dies_on_time_even_if_the_loop_process_is_killed(tmp_path: Path) -> None:
     """SIGKILL the process that called run(): the init's own deadline still ends the tree."""
     fifo = tmp_path / "ready"

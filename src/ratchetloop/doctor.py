@@ -3,7 +3,8 @@
 Keys are reported as "set" (with where from) or "missing", never their values. Servers
 are probed only where the user pointed us (local Ollama, or base URLs passed in), with a
 short timeout; the public APIs are not contacted. Status is one of "ok", "missing",
-"warn" or "unreachable" so the CLI can colour it.
+"warn", "unreachable" or "off" (a sandbox layer that is off but not needed here) so the CLI
+can colour it.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ PROBE_TIMEOUT = 0.5
 
 class Row(NamedTuple):
     check: str
-    status: str  # ok | missing | warn | unreachable
+    status: str  # ok | missing | warn | unreachable | off
     detail: str
 
 
@@ -117,6 +118,23 @@ def _tool_row(tool: str) -> Row:
     return Row(f"toolchain {tool}", "ok", path)
 
 
+def sandbox_rows() -> list[Row]:
+    """One row per containment layer: active or off, and what it covers or why it is off.
+
+    Important layers that are off (`sandbox.missing_layers()`) are warnings; the others
+    (e.g. no user namespace because we run as root) are just "off".
+    """
+    from . import sandbox
+
+    important = {name for name, _ in sandbox.missing_layers()}
+    rows = []
+    for name, active, detail in sandbox.describe_layers():
+        status = "ok" if active else "warn" if name in important else "off"
+        rows.append(Row(f"sandbox {name}", status,
+                        f"{'active' if active else 'off'}: {detail}"))
+    return rows
+
+
 def doctor_rows(experiment: Experiment | None = None) -> list[Row]:
     """Everything a run depends on: Python, git, toolchains, sandbox layers, backends."""
     rows = [Row("python", "ok", f"{platform.python_version()} ({platform.machine()})")]
@@ -125,21 +143,12 @@ def doctor_rows(experiment: Experiment | None = None) -> list[Row]:
     rows += [_tool_row(t) for t in dict.fromkeys(tools)]
     if experiment is not None:
         rows.append(Row(f"experiment {experiment.name}", "ok", str(experiment.root)))
-    try:
-        from . import sandbox
-
-        describe = getattr(sandbox, "describe_layers", None)
-    except ImportError:  # pragma: no cover - sandbox is part of the package
-        describe = None
-    if describe is None:
-        rows.append(Row("sandbox", "warn", "layer report not available"))
-    else:
-        for name, active, detail in describe():
-            rows.append(Row(f"sandbox {name}", "ok" if active else "warn", detail))
+    rows += sandbox_rows()
     return rows + model_rows()
 
 
-_STYLE = {"ok": "green", "missing": "red", "warn": "yellow", "unreachable": "yellow"}
+_STYLE = {"ok": "green", "missing": "red", "warn": "yellow", "unreachable": "yellow",
+          "off": "dim"}
 
 
 def rows_table(title: str, rows: list[Row]) -> Table:

@@ -1,11 +1,24 @@
 /* Fork bomb: every child forks again; the first process reports how far it got.
- * Refuses to run (exit 3) unless a pids cgroup limit is visible, so a broken
- * containment layer can never take the machine down. */
+ * Refuses to run (exit 3) unless a limit is visible: a pids cgroup (v1 or v2), or, for a
+ * non-root user, RLIMIT_NPROC; so a broken containment layer can never take the machine
+ * down. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
+
+/* Really root, i.e. uid 0 outside any user namespace too (RLIMIT_NPROC spares only that). */
+static int really_root(void) {
+    FILE *f = fopen("/proc/self/uid_map", "r");
+    long inside = -1, outside = -1;
+    if (f) {
+        if (fscanf(f, "%ld %ld", &inside, &outside) != 2) outside = -1;
+        fclose(f);
+    }
+    return getuid() == 0 && inside == 0 && outside == 0;
+}
 
 static long pids_limit(void) {
     FILE *f = fopen("/proc/self/cgroup", "r");
@@ -14,10 +27,12 @@ static long pids_limit(void) {
     if (!f) return -1;
     while (fgets(line, sizeof line, f)) {
         char *p = strstr(line, ":pids:");
+        const char *fmt = "/sys/fs/cgroup/pids%s/pids.max";
+        if (p) p += 6;
+        else if (strncmp(line, "0::", 3) == 0) { p = line + 3; fmt = "/sys/fs/cgroup%s/pids.max"; }
         if (!p) continue;
-        p += 6;
         p[strcspn(p, "\n")] = 0;
-        snprintf(path, sizeof path, "/sys/fs/cgroup/pids%s/pids.max", p);
+        snprintf(path, sizeof path, fmt, p);
         FILE *g = fopen(path, "r");
         if (g) {
             char buf[64] = {0};
@@ -26,6 +41,10 @@ static long pids_limit(void) {
         }
     }
     fclose(f);
+    struct rlimit rl;
+    if (lim < 0 && !really_root() && getrlimit(RLIMIT_NPROC, &rl) == 0 &&
+        rl.rlim_cur != RLIM_INFINITY)
+        lim = (long)rl.rlim_cur;
     return lim;
 }
 

@@ -1,0 +1,322 @@
+"""The parent side: start the init inside the namespaces and cgroups, wait, clean up.
+
+`run()` never raises for anything the child does; a sandbox that cannot be set up is
+reported in `SandboxResult.error` and the command does not run.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from . import cgroups, probe
+from .env import RESULT_FD_VAR, child_env, homes
+
+RESULT_CAP = 16 << 20  # bytes of SandboxResult.result kept; beyond: result_truncated
+
+
+@dataclass(frozen=True)
+class Limits:
+    cpu_seconds: int = 900  # RLIMIT_CPU, per process
+    memory_bytes: int | None = 4 << 30  # memory cgroup (RSS + cache + tmpfs); ASan-safe
+    file_bytes: int = 256 << 20  # RLIMIT_FSIZE: largest file (stdout/stderr files too)
+    open_files: int = 256
+    processes: int = 512  # pids cgroup (RLIMIT_NPROC for non-root callers)
+    output_bytes: int = 1 << 20  # returned per stream (head and tail kept)
+    tmp_bytes: int = 512 << 20  # size of the private /tmp tmpfs
+    # Total disk the run may write in its work dir: with the mount namespace the run works
+    # on a private view of it (overlayfs or a tmpfs copy, charged to the memory cgroup)
+    # that is discarded at exit. None: the real dir, read-write (everything stays).
+    work_bytes: int | None = 1 << 30
+    address_space_bytes: int | None = None  # RLIMIT_AS; breaks ASan, off by default
+    artefact_bytes: int = 8 << 20  # total size of the declared artefacts copied back
+
+
+@dataclass
+class SandboxResult:
+    returncode: int | None
+    stdout: str
+    stderr: str
+    timed_out: bool = False
+    signal: int | None = None
+    wall_seconds: float = 0.0
+    output_truncated: bool = False
+    layers: list[str] = field(default_factory=list)
+    oom_killed: bool = False
+    error: str | None = None  # the sandbox itself failed to set up (not the child's fault)
+    dropped_env: list[str] = field(default_factory=list)
+    result: bytes | None = None  # what the command wrote on fd 3 (result_channel=True)
+    result_truncated: bool = False
+    cpu_seconds: float | None = None  # user+system CPU of the whole tree, from outside
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0 and not self.timed_out and self.error is None
+
+
+def _under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def keep_paths(run_env: Mapping[str, str], argv: Sequence[str], extra: Sequence[Path],
+               homes: Sequence[str]) -> list[str]:
+    """Paths that must stay reachable (read-only) although $HOME is hidden.
+
+    Never a home itself or one of its ancestors (that would undo the hiding): argv[0]'s
+    directory is replaced by the file itself then, and other such paths are dropped.
+    """
+    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
+             os.path.dirname(os.path.realpath(sys.executable)),
+             os.path.dirname(os.path.dirname(os.path.realpath(sys.executable)))}
+    paths.update(p for p in run_env.get("PYTHONPATH", "").split(os.pathsep) if p)
+    if argv and os.path.isabs(argv[0]):
+        exe = os.path.realpath(argv[0])
+        parent = os.path.dirname(exe)
+        paths.add(exe if any(_under(h, parent) for h in homes) else parent)
+    paths.update(str(p) for p in extra)
+    real = {os.path.realpath(p) for p in paths if p and os.path.exists(p)}
+    real = {p for p in real if not any(_under(h, p) for h in homes)}
+    return sorted(p for p in real if not any(q != p and _under(p, q) for q in real))
+
+
+def _limit_child(limits: Limits, cgroup: cgroups.RunGroup | None) -> None:
+    """preexec_fn: join the cgroups, then set rlimits (inherited by the whole tree)."""
+    if cgroup is not None:
+        cgroup.join_self()
+
+    def setl(which: int, value: int) -> None:
+        try:
+            resource.setrlimit(which, (value, value))
+        except (ValueError, OSError):
+            pass
+
+    setl(resource.RLIMIT_CPU, limits.cpu_seconds)
+    if limits.address_space_bytes is not None:
+        setl(resource.RLIMIT_AS, limits.address_space_bytes)
+    setl(resource.RLIMIT_FSIZE, limits.file_bytes)
+    setl(resource.RLIMIT_NOFILE, limits.open_files)
+    setl(resource.RLIMIT_CORE, 0)
+    if os.geteuid() != 0 and (cgroup is None or "pids" not in cgroup.used):
+        setl(resource.RLIMIT_NPROC, limits.processes + _count_own_processes())
+
+
+def _count_own_processes() -> int:
+    uid = os.getuid()
+    n = 0
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                if entry.stat().st_uid == uid:
+                    n += 1
+            except OSError:
+                pass
+    return n
+
+
+def _read_capped(fh: IO[bytes], cap: int) -> tuple[str, bool]:
+    """The whole stream if it fits, else its head and tail (a result line is usually last)."""
+    fh.seek(0, os.SEEK_END)
+    size = fh.tell()
+    fh.seek(0)
+    if size <= cap:
+        return fh.read().decode("utf-8", errors="replace"), False
+    head = fh.read(cap // 2)
+    fh.seek(size - cap // 2)
+    tail = fh.read()
+    note = f"\n[... ratchet sandbox: {size - len(head) - len(tail)} bytes cut ...]\n".encode()
+    return (head + note + tail).decode("utf-8", errors="replace"), True
+
+
+def _read_status(fd: int) -> tuple[str, int, float | None] | None:
+    """The init's "<kind> <n> [cpu <seconds>]" line, if it wrote one."""
+    os.set_blocking(fd, False)
+    try:
+        words = os.read(fd, 256).decode(errors="replace").split()
+    except OSError:
+        return None
+    if len(words) < 2 or not words[1].lstrip("-").isdigit():
+        return None
+    cpu: float | None = None
+    if len(words) == 4 and words[2] == "cpu":
+        try:
+            cpu = float(words[3])
+        except ValueError:
+            cpu = None
+    return words[0], int(words[1]), cpu
+
+
+def _kill_tree(proc: subprocess.Popen[bytes], cgroup: cgroups.RunGroup | None) -> None:
+    """Kill everything the run started, however it tried to escape; wait until it is gone."""
+    if proc.poll() is None:
+        # Without a pid namespace the init kills its own leftovers on SIGTERM; with one,
+        # unshare's death takes the namespace's init (and so the namespace) with it.
+        try:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=0.5)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+    _killpg(proc.pid)
+    if cgroup is not None:
+        cgroup.kill_all(time.monotonic() + 10)
+    try:
+        proc.kill()
+    except OSError:
+        pass
+    proc.wait()
+    _killpg(proc.pid)
+    if cgroup is not None:
+        cgroup.kill_all(time.monotonic() + 10)
+
+
+def _killpg(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    cwd: Path,
+    timeout: float,
+    limits: Limits = Limits(),
+    env: Mapping[str, str] | None = None,
+    ro_paths: Sequence[Path] = (),
+    isolate: bool = True,
+    result_channel: bool = False,
+    artefacts: Sequence[str] = (),
+    readonly_inside: Sequence[str] = (),
+) -> SandboxResult:
+    """Run `argv` contained; never raises for anything the child does.
+
+    With the mount namespace the command works on a private, size-capped view of `cwd`
+    that is discarded at exit: only top-level regular files matching `artefacts` (fnmatch,
+    plain names) are copied back. `readonly_inside` (paths relative to `cwd`) stay
+    read-only inside the run. `ro_paths` stay readable even under the hidden $HOME.
+    `result_channel=True` gives the command fd 3 (RATCHET_RESULT_FD=3); what it writes
+    there comes back as `SandboxResult.result`. `isolate=False` skips namespaces and
+    cgroups (session, rlimits, env scrub and the init remain).
+    """
+    start = time.monotonic()
+    ns = probe.namespaces() if isolate else dict(probe.NO_NAMESPACES)
+    setup = probe.mount_setup() if ns["mount"] else None
+    mount = setup is not None and setup.ok
+    # "real": the real dir, read-write (work_bytes=None, or no mount namespace at all)
+    work_mode = setup.mode if setup and setup.mode and limits.work_bytes is not None else "real"
+    layers = ["session", "rlimits", "env-allowlist", "output-cap", "init-reaper"]
+    layers += [f"{k}-namespace" for k in ("user", "pid", "net", "mount") if ns[k]
+               and (k != "mount" or mount)]
+    if ns["ipc"] and ns["uts"]:
+        layers.append("ipc/uts-namespaces")
+    if mount:
+        layers += ["home-hidden", "keys-hidden"]
+        if limits.work_bytes is not None:  # None: the real dir, read-write
+            layers += ["work-dir", "disk-quota"]
+    run_env, dropped = child_env(env)
+    if mount:
+        run_env["TMPDIR"] = "/tmp"
+        run_env["HOME"] = "/tmp"
+    if result_channel:
+        run_env[RESULT_FD_VAR] = "3"
+    cgroup = None
+    if isolate:
+        cgroup = cgroups.RunGroup(limits.memory_bytes, limits.processes, cgroups.available())
+        layers += cgroup.layers()
+    status_r, status_w = os.pipe()
+    hidden_homes = homes()
+    timed_out = False
+    error: str | None = None
+    proc: subprocess.Popen[bytes] | None = None
+    status: tuple[str, int, float | None] | None = None
+    result: bytes | None = None
+    result_truncated = False
+    try:
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
+                tempfile.TemporaryFile() as result_file:
+            keep = keep_paths(run_env, argv, ro_paths, hidden_homes)
+            cfg = probe.init_config(
+                argv, cwd, run_env, mount=mount, pid_ns=ns["pid"],
+                work_mode=work_mode, keep=keep,
+                status_fd=status_w, result_fd=result_file.fileno() if result_channel else None,
+                readonly=readonly_inside, artefacts=artefacts, tmp_bytes=limits.tmp_bytes,
+                work_bytes=limits.work_bytes, artefact_bytes=limits.artefact_bytes,
+                # The init enforces the wall clock too (a little later than we do), so the
+                # tree dies on time even if this process is killed and never cleans up.
+                deadline=timeout + 5.0)
+            cmd = probe.wrapper(ns, mount=mount) + probe.init_argv(cfg)
+            fds = (status_w, result_file.fileno()) if result_channel else (status_w,)
+            try:
+                proc = subprocess.Popen(
+                    cmd, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                    env={"PATH": run_env.get("PATH", "/usr/bin:/bin")},
+                    start_new_session=True, pass_fds=fds,
+                    preexec_fn=lambda: _limit_child(limits, cgroup),
+                )
+            except (OSError, subprocess.SubprocessError) as exc:
+                error = f"could not start the sandbox: {exc}"
+            finally:
+                os.close(status_w)
+            if proc is not None:
+                try:
+                    proc.wait(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    timed_out = True
+                except BaseException:  # Ctrl-C in the loop: the tree must not outlive it
+                    _kill_tree(proc, cgroup)
+                    raise
+                _kill_tree(proc, cgroup)
+            status = _read_status(status_r)
+            stdout, t1 = _read_capped(out, limits.output_bytes)
+            stderr, t2 = _read_capped(err, limits.output_bytes)
+            if result_channel:
+                result_file.seek(0)
+                result = result_file.read(RESULT_CAP + 1)
+                result_truncated = len(result) > RESULT_CAP
+                result = result[:RESULT_CAP]
+    finally:
+        os.close(status_r)
+        oom = cgroup.oom_killed() if cgroup is not None else False
+        cgroup_cpu = cgroup.cpu_seconds() if cgroup is not None else None
+        if cgroup is not None:
+            cgroup.remove()
+            for function, why in cgroup.problems:
+                probe.record_failure(f"cgroup-{function}", why)
+    rc = proc.returncode if proc is not None else None
+    cpu: float | None = None
+    if status is not None:
+        kind, value, cpu = status
+        if kind == "exit":
+            rc = value
+        elif kind == "signal":
+            rc = -value
+        elif kind == "error":
+            error = stderr.strip().splitlines()[-1] if stderr.strip() else "sandbox init failed"
+            rc = None
+    return SandboxResult(
+        returncode=None if timed_out else rc,
+        stdout=stdout,
+        stderr=stderr,
+        timed_out=timed_out,
+        signal=-rc if rc is not None and rc < 0 else None,
+        wall_seconds=time.monotonic() - start,
+        output_truncated=t1 or t2,
+        layers=layers,
+        oom_killed=oom,
+        error=error,
+        dropped_env=dropped,
+        result=result,
+        result_truncated=result_truncated,
+        # The init's count after reaping everything; the cgroup's when the init could not
+        # report (timeout, killed), which also includes the init's own few milliseconds.
+        cpu_seconds=cpu if cpu is not None else cgroup_cpu,
+    )
