@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import ModuleType
 
@@ -44,31 +45,36 @@ SECURITY = load("security")
 PROMPT = load("prompt")
 
 
-def build_impls(sources: dict[str, str], tmp: Path, sanitize: bool) -> Path:
-    """One binary holding every source (renamed symbols), with the attention driver."""
+def build_workers(sources: dict[str, str], tmp: Path, sanitize: bool) -> dict[str, cbuild.Build]:
+    """One worker per source (object checks off: these test the validation itself), all
+    sharing one driver linked with the attention driver.c."""
     tmp.mkdir(parents=True, exist_ok=True)
-    impls = []
-    for i, (name, text) in enumerate(sources.items()):
+    (tmp / "attn_shapes.c").write_text(EVAL.shapes_source(SHAPES))
+    drivers = [EXP / "driver.c", tmp / "attn_shapes.c"]
+    driver = cbuild.build_driver(EVAL.SPEC.target, drivers, tmp)
+
+    def one(item: tuple[int, tuple[str, str]]) -> tuple[str, cbuild.Build]:
+        i, (name, text) = item
         path = tmp / f"impl{i}.c"
         path.write_text(text)
-        impls.append(Impl("candidate" if i == 0 else name, path))
-    (tmp / "attn_shapes.c").write_text(EVAL.shapes_source(SHAPES))
-    built = cbuild.build(EVAL.SPEC.target, impls, [EXP / "driver.c", tmp / "attn_shapes.c"],
-                         tmp / "build", sanitize=sanitize)
-    return built.binary
+        return name, cbuild.build(EVAL.SPEC.target, [Impl("candidate", path)], drivers,
+                                  tmp / f"b{i}", sanitize=sanitize, check=False, driver=driver)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return dict(pool.map(one, enumerate(sources.items())))
 
 
-def run_validate(binary: Path, index: int | None = None,
-                 sanitize: bool = True) -> tuple[str | None, str]:
-    """rl_validate on impl `index` (all when None); (driver failure kind or None, text)."""
-    argv = [str(binary), "validate", "11"] + ([str(index)] if index is not None else [])
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=600,
+def run_validate(build: cbuild.Build, sanitize: bool = True) -> tuple[str | None, str]:
+    """rl_validate on the build's worker; (driver failure kind or None, text)."""
+    worker = build.workers[0].binary
+    proc = subprocess.run([str(build.driver), "validate", "11", str(worker)],
+                          capture_output=True, text=True, timeout=600,
                           env=sanitizer_env() if sanitize else None)
-    problem = classify_run(proc.stdout, proc.stderr, proc.returncode, "validation")
+    log = Path(f"{worker}.log").read_text(errors="replace")
+    problem = classify_run(proc.stdout, proc.stderr, proc.returncode, "validation", log)
     if problem is None:
         return None, proc.stdout
-    impl = [ln for ln in proc.stdout.splitlines() if ln.startswith("RLIMPL")][-1:]
-    return failure_kind(problem.kind, problem.message), f"{impl} {problem.message}"
+    return failure_kind(problem.kind, problem.message), problem.message
 
 
 def failure_kind(kind: str, message: str) -> str:
@@ -93,42 +99,44 @@ CAUGHT = {
     "mask_ignored_on_long_rows": {"wrong_result", "masked_row"},
 }
 ORDER = ["naive", *sorted(CAUGHT)]
+Builds = dict[str, dict[str, cbuild.Build]]
 
 
 @pytest.fixture(scope="module")
-def fixture_binaries(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """naive + every fixture, compiled once per build flavour (index = ORDER position)."""
+def fixture_binaries(tmp_path_factory: pytest.TempPathFactory
+                     ) -> dict[str, dict[str, cbuild.Build]]:
+    """naive + every fixture, one worker each, per build flavour."""
     sources = {name: (EXP / "naive.c" if name == "naive" else FIXTURES / f"{name}.c")
                .read_text() for name in ORDER}
-    return {flavour: build_impls(sources, tmp_path_factory.mktemp(flavour),
-                                 sanitize=flavour == "san") for flavour in ("san", "opt")}
+    return {"san": build_workers(sources, tmp_path_factory.mktemp("san"), sanitize=True),
+            "opt": build_workers({n: sources[n] for n in ("caches_across_calls",
+                                                          "no_max_subtraction")},
+                                 tmp_path_factory.mktemp("opt"), sanitize=False)}
 
 
 def test_every_fixture_has_an_expectation() -> None:
     assert {p.stem for p in FIXTURES.glob("*.c")} == set(CAUGHT)
 
 
-def test_naive_passes_the_sanitizer_validation(fixture_binaries: dict[str, Path]) -> None:
-    kind, text = run_validate(fixture_binaries["san"], 0)
+def test_naive_passes_the_sanitizer_validation(fixture_binaries: Builds) -> None:
+    kind, text = run_validate(fixture_binaries["san"]["naive"])
     assert kind is None, text
     assert "rows checked" in text
 
 
 @pytest.mark.parametrize("name", sorted(CAUGHT))
-def test_validation_catches_fixture(name: str, fixture_binaries: dict[str, Path]) -> None:
-    kind, message = run_validate(fixture_binaries["san"], ORDER.index(name))
+def test_validation_catches_fixture(name: str, fixture_binaries: Builds) -> None:
+    kind, message = run_validate(fixture_binaries["san"][name])
     assert kind in CAUGHT[name], f"{name}: {kind}: {message}"
 
 
-def test_caching_fixture_fails_on_the_second_call(fixture_binaries: dict[str, Path]) -> None:
-    kind, message = run_validate(fixture_binaries["opt"], ORDER.index("caches_across_calls"),
-                                 sanitize=False)
+def test_caching_fixture_fails_on_the_second_call(fixture_binaries: Builds) -> None:
+    kind, message = run_validate(fixture_binaries["opt"]["caches_across_calls"], sanitize=False)
     assert kind is not None and "second call" in message
 
 
-def test_large_logit_failure_tells_the_model_why(fixture_binaries: dict[str, Path]) -> None:
-    _, message = run_validate(fixture_binaries["opt"], ORDER.index("no_max_subtraction"),
-                              sanitize=False)
+def test_large_logit_failure_tells_the_model_why(fixture_binaries: Builds) -> None:
+    _, message = run_validate(fixture_binaries["opt"]["no_max_subtraction"], sanitize=False)
     assert "subtract the row maximum" in message
 
 
@@ -197,10 +205,11 @@ def test_template_rejects_unknown_knobs() -> None:
 
 
 def validate_combos(combos: list[dict], tmp: Path, sanitize: bool) -> None:
-    binary = build_impls({f"t{i}": TEMPLATE.render(k) for i, k in enumerate(combos)}, tmp,
-                         sanitize)
-    kind, message = run_validate(binary, sanitize=sanitize)
-    assert kind is None, message
+    built = build_workers({f"t{i}": TEMPLATE.render(k) for i, k in enumerate(combos)}, tmp,
+                          sanitize)
+    for name, build in built.items():
+        kind, message = run_validate(build, sanitize=sanitize)
+        assert kind is None, (combos[int(name[1:])], message)
 
 
 def test_template_covering_sample_passes_validation(tmp_path: Path) -> None:
@@ -215,9 +224,7 @@ def test_default_rendering_passes_the_sanitizer(tmp_path: Path) -> None:
 @pytest.mark.skipif(not os.environ.get("RATCHET_FULL_TEMPLATE"),
                     reason="all 72 combinations take minutes; set RATCHET_FULL_TEMPLATE=1")
 def test_every_template_combination_passes_validation(tmp_path: Path) -> None:
-    combos = TEMPLATE.combinations()
-    for part in range(0, len(combos), 36):  # the harness links at most 64 impls
-        validate_combos(combos[part:part + 36], tmp_path / str(part), sanitize=False)
+    validate_combos(TEMPLATE.combinations(), tmp_path, sanitize=False)
 
 
 # ---------------------------------------------------------------- eval.py end to end

@@ -130,14 +130,12 @@ def validate_all(combos: list[dict], tmp: Path, sanitize: bool) -> None:
         src = tmp / f"t{i}.c"
         src.write_text(template.render(knobs))
         assert security.check(src.read_text()) == [], knobs
-        impls.append(cbuild.Impl(f"t{i}", src))
-    build = cbuild.build(TARGET, impls, [LINEAR / "driver.c"], tmp / "b", sanitize=sanitize)
-    proc = subprocess.run([str(build.binary), "validate", "9"], capture_output=True,
-                          text=True, env=run.sanitizer_env(), timeout=300)
-    last = [ln for ln in proc.stdout.splitlines() if ln.startswith("RLIMPL")][-1:]
-    failing = combos[int(last[0].split()[1][1:])] if last and proc.returncode else None
-    assert proc.returncode == 0, (failing, proc.stdout[-800:], proc.stderr[:1500])
-    assert proc.stdout.count("RLIMPL") == len(combos)
+        impls.append(cbuild.Impl("candidate", src))
+    builds = cbuild.build_each(TARGET, impls, [LINEAR / "driver.c"], tmp / "b",
+                               sanitize=sanitize)
+    for knobs, build in zip(combos, builds, strict=True):
+        log = run.validate(build.driver, build.workers[0], tmp, 9, 300)
+        assert log.rstrip().endswith("RLOK"), (knobs, log[-800:])
 
 
 def test_template_covering_sample_passes_validation(tmp_path: Path) -> None:
@@ -277,5 +275,6 @@ def test_primary_case_steers_sequential_stopping_only_when_timed(tmp_path: Path)
     spec = load("eval").SPEC
     (tmp_path / "experiment.json").write_text(json.dumps(
         {"cases": [{"name": "a"}, {"name": "b", "primary": True}]}))
-    assert run._primary(spec, tmp_path, ["a", "b"]) == "b"
-    assert run._primary(spec, tmp_path, ["a"]) is None
+    contract = run._contract(spec, tmp_path)
+    assert run._primary(contract, ["a", "b"]) == "b"
+    assert run._primary(contract, ["a"]) is None

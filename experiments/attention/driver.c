@@ -1,9 +1,11 @@
 /* Attention driver for the ratchetloop C harness: benchmark cases and adversarial validation.
  *
  * Every check compares against a double-precision reference written here, independent of
- * naive.c. eval.py runs rl_validate in the sanitizer build (reads past any input and UB
- * abort the run); the optimised benchmark binary re-checks every implementation on every
- * case (rl_case_check) before timing. rl_validate covers edge cases, random shapes, large
+ * naive.c. This file is linked into the trusted driver; each implementation runs in a
+ * worker of its own, and `fn` in rl_validate is a stub that runs one call there. eval.py
+ * validates the sanitizer build of the candidate (reads past any input and UB abort the
+ * run); the optimised workers are checked in full on every case before timing and every
+ * timed call after (rl_case_check). rl_validate covers edge cases, random shapes, large
  * logits, then the exact benchmark shapes and their neighbours (shifted T/S and an
  * explicit mask at the full head count, large logits, causal flipped).
  *
@@ -113,93 +115,107 @@ static int visible(const Spec *sp, const unsigned char *mask, int i, int j)
     return mask == NULL || mask[(size_t)i * sp->s + j] != 0;
 }
 
-/* Compare out with the double reference; NULL if right, else the failure kind (msg set). */
+static double head_vmax(const Spec *sp, const float *v, int b, int h)
+{
+    const float *vh = v + (size_t)(b * sp->hkv + h / (sp->h / sp->hkv)) * sp->s * sp->d;
+    double vmax = 0.0;
+    for (size_t x = 0; x < (size_t)sp->s * sp->d; x++)
+        vmax = fmax(vmax, fabs(vh[x]));
+    return vmax;
+}
+
+/* Compare one output row with the double reference; NULL if right, else the failure kind
+ * (msg set). */
+static const char *check_row(const Spec *sp, const float *q, const float *k, const float *v,
+                             const unsigned char *mask, const float *out, int b, int h, int i,
+                             double vmax, const char *when, char *msg)
+{
+    int H = sp->h, Hkv = sp->hkv, T = sp->t, S = sp->s, D = sp->d;
+    int kvh = h / (H / Hkv);
+    const float *qi = q + ((size_t)(b * H + h) * T + i) * D;
+    const float *kh = k + (size_t)(b * Hkv + kvh) * S * D;
+    const float *vh = v + (size_t)(b * Hkv + kvh) * S * D;
+    const float *oi = out + ((size_t)(b * H + h) * T + i) * D;
+    double *logit = malloc((size_t)S * sizeof *logit);
+    double *acc = malloc((size_t)D * sizeof *acc);
+    const char *bad = NULL;
+    double mx = -INFINITY, bound = 0.0;
+    int any = 0;
+    for (int j = 0; j < S; j++) {
+        if (!visible(sp, mask, i, j))
+            continue;
+        double dot = 0.0, mag = 0.0;
+        for (int d = 0; d < D; d++) {
+            double p = (double)qi[d] * kh[(size_t)j * D + d];
+            dot += p;
+            mag += fabs(p);
+        }
+        logit[j] = dot * sp->scale;
+        mx = fmax(mx, logit[j]);
+        bound = fmax(bound, mag * fabs(sp->scale));
+        any = 1;
+    }
+    if (!any) {
+        for (int d = 0; d < D && !bad; d++)
+            if (oi[d] != 0.0f)
+                bad = say(msg, sp, "masked_row",
+                          "row [b=%d,h=%d,t=%d] sees no key, so it must be all zeros, but "
+                          "d=%d is %g (%s)", b, h, i, d, (double)oi[d], when);
+        goto done;
+    }
+    for (int d = 0; d < D && !bad; d++)
+        if (!isfinite(oi[d]))
+            bad = say(msg, sp, sp->data == DATA_NORMAL ? "nan_inf" : "nan_inf_large",
+                      "output [b=%d,h=%d,t=%d,d=%d] is %g (%s)%s", b, h, i, d, (double)oi[d],
+                      when, sp->data == DATA_NORMAL ? ""
+                      : "; exp of large logits overflows/underflows in float: subtract the "
+                        "row maximum before exp");
+    if (bad)
+        goto done;
+    double sum = 0.0;
+    for (int d = 0; d < D; d++)
+        acc[d] = 0.0;
+    for (int j = 0; j < S; j++) {
+        if (!visible(sp, mask, i, j))
+            continue;
+        double p = exp(logit[j] - mx);
+        sum += p;
+        for (int d = 0; d < D; d++)
+            acc[d] += p * vh[(size_t)j * D + d];
+    }
+    /* float logits carry about eps * sum|q*k| absolute error, which moves the weights
+     * relatively by about as much; 16x covers any summation order */
+    double tol_abs = vmax * (4e-5 + 16.0 * FLT_EPSILON * bound);
+    for (int d = 0; d < D && !bad; d++) {
+        double want = acc[d] / sum;
+        double err = fabs((double)oi[d] - want), tol = tol_abs + 4e-5 * fabs(want);
+        if (!(err <= tol))
+            bad = say(msg, sp, "wrong_result",
+                      "output [b=%d,h=%d,t=%d,d=%d] = %.7g, expected %.7g (|err| %.3g > tol "
+                      "%.3g; %s)", b, h, i, d, (double)oi[d], want, err, tol, when);
+    }
+    rows_checked++;
+done:
+    free(logit);
+    free(acc);
+    return bad;
+}
+
+/* Every output row against the double reference. */
 static const char *check_output(const Spec *sp, const float *q, const float *k, const float *v,
                                 const unsigned char *mask, const float *out, const char *when,
                                 char *msg)
 {
-    int B = sp->b, H = sp->h, Hkv = sp->hkv, T = sp->t, S = sp->s, D = sp->d;
-    int group = H / Hkv;
-    double *logit = malloc((size_t)S * sizeof *logit);
-    double *acc = malloc((size_t)D * sizeof *acc);
-    const char *bad = NULL;
-    for (int b = 0; b < B && !bad; b++)
-        for (int h = 0; h < H && !bad; h++) {
-            int kvh = h / group;
-            const float *qh = q + (size_t)(b * H + h) * T * D;
-            const float *kh = k + (size_t)(b * Hkv + kvh) * S * D;
-            const float *vh = v + (size_t)(b * Hkv + kvh) * S * D;
-            const float *oh = out + (size_t)(b * H + h) * T * D;
-            double vmax = 0.0;
-            for (size_t x = 0; x < (size_t)S * D; x++)
-                vmax = fmax(vmax, fabs(vh[x]));
-            for (int i = 0; i < T && !bad; i++) {
-                const float *qi = qh + (size_t)i * D;
-                const float *oi = oh + (size_t)i * D;
-                double mx = -INFINITY, bound = 0.0;
-                int any = 0;
-                for (int j = 0; j < S; j++) {
-                    if (!visible(sp, mask, i, j))
-                        continue;
-                    double dot = 0.0, mag = 0.0;
-                    for (int d = 0; d < D; d++) {
-                        double p = (double)qi[d] * kh[(size_t)j * D + d];
-                        dot += p;
-                        mag += fabs(p);
-                    }
-                    logit[j] = dot * sp->scale;
-                    mx = fmax(mx, logit[j]);
-                    bound = fmax(bound, mag * fabs(sp->scale));
-                    any = 1;
-                }
-                if (!any) {
-                    for (int d = 0; d < D && !bad; d++)
-                        if (oi[d] != 0.0f)
-                            bad = say(msg, sp, "masked_row",
-                                      "row [b=%d,h=%d,t=%d] sees no key, so it must be all"
-                                      " zeros, but d=%d is %g (%s)", b, h, i, d, (double)oi[d],
-                                      when);
-                    continue;
-                }
-                for (int d = 0; d < D && !bad; d++)
-                    if (!isfinite(oi[d]))
-                        bad = say(msg, sp, sp->data == DATA_NORMAL ? "nan_inf" : "nan_inf_large",
-                                  "output [b=%d,h=%d,t=%d,d=%d] is %g (%s)%s", b, h, i, d,
-                                  (double)oi[d], when,
-                                  sp->data == DATA_NORMAL ? ""
-                                  : "; exp of large logits overflows/underflows in float:"
-                                    " subtract the row maximum before exp");
+    for (int b = 0; b < sp->b; b++)
+        for (int h = 0; h < sp->h; h++) {
+            double vmax = head_vmax(sp, v, b, h);
+            for (int i = 0; i < sp->t; i++) {
+                const char *bad = check_row(sp, q, k, v, mask, out, b, h, i, vmax, when, msg);
                 if (bad)
-                    break;
-                double sum = 0.0;
-                for (int d = 0; d < D; d++)
-                    acc[d] = 0.0;
-                for (int j = 0; j < S; j++) {
-                    if (!visible(sp, mask, i, j))
-                        continue;
-                    double p = exp(logit[j] - mx);
-                    sum += p;
-                    for (int d = 0; d < D; d++)
-                        acc[d] += p * vh[(size_t)j * D + d];
-                }
-                /* float logits carry about eps * sum|q*k| absolute error, which moves the
-                 * weights relatively by about as much; 16x covers any summation order */
-                double tol_abs = vmax * (4e-5 + 16.0 * FLT_EPSILON * bound);
-                for (int d = 0; d < D && !bad; d++) {
-                    double want = acc[d] / sum;
-                    double err = fabs((double)oi[d] - want), tol = tol_abs + 4e-5 * fabs(want);
-                    if (!(err <= tol))
-                        bad = say(msg, sp, "wrong_result",
-                                  "output [b=%d,h=%d,t=%d,d=%d] = %.7g, expected %.7g"
-                                  " (|err| %.3g > tol %.3g; %s)", b, h, i, d, (double)oi[d],
-                                  want, err, tol, when);
-                }
-                rows_checked++;
+                    return bad;
             }
         }
-    free(logit);
-    free(acc);
-    return bad;
+    return NULL;
 }
 
 static void run_spec(attn_fn fn, const Spec *sp, int calls)
@@ -208,13 +224,13 @@ static void run_spec(attn_fn fn, const Spec *sp, int calls)
     size_t nkv = (size_t)sp->b * sp->hkv * sp->s * sp->d;
     size_t nm = (size_t)sp->t * sp->s;
     size_t mis = sp->misalign ? 4 : 0;
-    rl_buf bq, bk, bv, bo;
+    rl_buf bq, bk, bv, bo, bm = {0};
     /* inputs end exactly at their allocation so the sanitizer traps over-reads */
     float *q = rl_buf_alloc(&bq, nq * sizeof(float), mis, 0, 0);
     float *k = rl_buf_alloc(&bk, nkv * sizeof(float), mis, 0, 0);
     float *v = rl_buf_alloc(&bv, nkv * sizeof(float), mis, 0, 0);
     float *out = rl_buf_alloc(&bo, nq * sizeof(float), mis, GUARD_BYTES, GUARD_BYTES);
-    unsigned char *mask = sp->mask == MASK_NONE ? NULL : malloc(nm);
+    unsigned char *mask = sp->mask == MASK_NONE ? NULL : rl_buf_alloc(&bm, nm, mis, 0, 0);
     float *q0 = malloc(nq * sizeof(float)), *k0 = malloc(nkv * sizeof(float));
     float *v0 = malloc(nkv * sizeof(float));
     unsigned char *m0 = malloc(nm);
@@ -249,7 +265,9 @@ static void run_spec(attn_fn fn, const Spec *sp, int calls)
             rl_fail(kind, "%s", msg);
     }
     rl_buf_free(&bq); rl_buf_free(&bk); rl_buf_free(&bv); rl_buf_free(&bo);
-    free(mask); free(q0); free(k0); free(v0); free(m0);
+    if (mask)
+        rl_buf_free(&bm);
+    free(q0); free(k0); free(v0); free(m0);
 }
 
 static Spec make(int b, int h, int hkv, int t, int s, int d, int causal, int mask, int data)
@@ -335,64 +353,72 @@ void rl_validate(rl_fnptr fnp, rl_rng *rng)
     rl_info("attention: %d output rows checked against the double reference", rows_checked);
 }
 
-/* ---- benchmark cases ---- */
+/* ---- benchmark cases ----
+ * q, k, v and out are per call: every timed call has inputs of its own, so nothing can be
+ * reused from one call to the next. After each batch every call is checked: all outputs
+ * finite (the harness poisoned them with NaN), and three random rows against the double
+ * reference (every row in the one full check before timing). */
 
-typedef struct {
-    Spec sp;
-    rl_buf bq, bk, bv, bo;
-    float *q, *k, *v, *out;
-    size_t nq, nkv;
-} Case;
+enum { B_Q, B_K, B_V, B_OUT, B_MASK };
 
-void *rl_case_new(const long *params, int nparams, rl_rng *rng)
+void rl_case_setup(rl_case *c, const long *params, int nparams)
 {
     if (nparams != 7) {
         fprintf(stderr, "attention case needs 7 params (B H Hkv T S D causal), got %d\n",
                 nparams);
         exit(2);
     }
-    Case *c = calloc(1, sizeof *c);
-    c->sp = make((int)params[0], (int)params[1], (int)params[2], (int)params[3],
-                 (int)params[4], (int)params[5], (int)params[6], MASK_NONE, DATA_NORMAL);
-    c->nq = (size_t)c->sp.b * c->sp.h * c->sp.t * c->sp.d;
-    c->nkv = (size_t)c->sp.b * c->sp.hkv * c->sp.s * c->sp.d;
-    c->q = rl_buf_alloc(&c->bq, c->nq * sizeof(float), 0, 0, 0);
-    c->k = rl_buf_alloc(&c->bk, c->nkv * sizeof(float), 0, 0, 0);
-    c->v = rl_buf_alloc(&c->bv, c->nkv * sizeof(float), 0, 0, 0);
-    c->out = rl_buf_alloc(&c->bo, c->nq * sizeof(float), 0, 0, 0);
-    rl_case_refresh(c, rng);
-    return c;
+    Spec *sp = malloc(sizeof *sp);
+    *sp = make((int)params[0], (int)params[1], (int)params[2], (int)params[3],
+               (int)params[4], (int)params[5], (int)params[6], MASK_NONE, DATA_NORMAL);
+    size_t nq = (size_t)sp->b * sp->h * sp->t * sp->d;
+    size_t nkv = (size_t)sp->b * sp->hkv * sp->s * sp->d;
+    rl_case_buffer(c, nq * sizeof(float), RL_PER_CALL);
+    rl_case_buffer(c, nkv * sizeof(float), RL_PER_CALL);
+    rl_case_buffer(c, nkv * sizeof(float), RL_PER_CALL);
+    rl_case_buffer(c, nq * sizeof(float), RL_PER_CALL | RL_OUTPUT);
+    rl_case_buffer(c, 0, RL_PER_CALL); /* the benchmark passes no mask */
+    rl_case_set_user(c, sp);
 }
 
-void rl_case_refresh(void *st, rl_rng *rng)
+void rl_case_fill(rl_case *c, int buf, void *data, size_t bytes, rl_rng *rng, int fresh,
+                  size_t *lo, size_t *hi)
 {
-    Case *c = st;
-    R = rng;
-    fill_inputs(&c->sp, c->q, c->nq, c->k, c->v, c->nkv);
+    (void)c;
+    (void)fresh;
+    (void)lo;
+    (void)hi; /* every input is per call: always fresh */
+    rl_fill_uniform(data, bytes / sizeof(float), rng, buf == B_V ? -2.f : -1.f,
+                    buf == B_V ? 2.f : 1.f);
 }
 
-void rl_case_run(void *st, rl_fnptr fn, long rep)
+void rl_case_call(rl_case *c, void *const *b, rl_fnptr fn)
 {
-    Case *c = st;
-    /* flip one query value per call: same distribution, but no call repeats the last one */
-    size_t at = (size_t)rep * 7919u % c->nq;
-    c->q[at] = -c->q[at];
-    ((attn_fn)fn)(c->q, c->k, c->v, c->out, NULL, c->sp.b, c->sp.h, c->sp.hkv, c->sp.t,
-                  c->sp.s, c->sp.d, c->sp.scale, c->sp.causal);
+    const Spec *sp = rl_case_user(c);
+    ((attn_fn)fn)(b[B_Q], b[B_K], b[B_V], b[B_OUT], NULL, sp->b, sp->h, sp->hkv, sp->t, sp->s,
+                  sp->d, sp->scale, sp->causal);
 }
 
-int rl_case_check(void *st, rl_fnptr fn, rl_rng *rng, char *msg, size_t cap)
+int rl_case_check(rl_case *c, const void *const *b, rl_rng *rng, int full, char *msg,
+                  size_t cap)
 {
-    Case *c = st;
-    R = rng;
+    const Spec *sp = rl_case_user(c);
+    const float *q = b[B_Q], *k = b[B_K], *v = b[B_V], *out = b[B_OUT];
     char buf[MSG];
-    fill_inputs(&c->sp, c->q, c->nq, c->k, c->v, c->nkv);
-    for (size_t i = 0; i < c->nq; i++)
-        c->out[i] = NAN;
-    ((attn_fn)fn)(c->q, c->k, c->v, c->out, NULL, c->sp.b, c->sp.h, c->sp.hkv, c->sp.t,
-                  c->sp.s, c->sp.d, c->sp.scale, c->sp.causal);
-    const char *kind = check_output(&c->sp, c->q, c->k, c->v, NULL, c->out,
-                                    "benchmark binary, after warm-up", buf);
+    const char *kind = NULL;
+    size_t nq = (size_t)sp->b * sp->h * sp->t * sp->d;
+    for (size_t x = 0; x < nq && !kind; x++)
+        if (!isfinite(out[x]))
+            kind = say(buf, sp, "nan_inf", "output element %zu is %g: not written or not "
+                       "finite (timed call)", x, (double)out[x]);
+    if (!kind && full)
+        kind = check_output(sp, q, k, v, NULL, out, "benchmark case, optimised build", buf);
+    for (int r = 0; r < 3 && !kind && !full; r++) {
+        int bb = (int)rl_below(rng, (size_t)sp->b), h = (int)rl_below(rng, (size_t)sp->h);
+        int i = (int)rl_below(rng, (size_t)sp->t);
+        kind = check_row(sp, q, k, v, NULL, out, bb, h, i, head_vmax(sp, v, bb, h),
+                         "timed call", buf);
+    }
     if (!kind)
         return 0;
     snprintf(msg, cap, "%s %s", kind, buf);

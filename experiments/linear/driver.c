@@ -1,6 +1,8 @@
 /* linear experiment driver: benchmark cases and adversarial validation of matmul_forward.
  *
- * The harness (ratchetloop/harness/c) links this with the candidate and the references.
+ * The harness (ratchetloop/harness/c) links this into the trusted driver; the candidate
+ * and the references each run in a worker of their own, and `fn` below is a stub that
+ * runs one call there (its buffers come from rl_buf_alloc: the worker's arena).
  * Reference results are computed in double; a float result passes when
  *   |got - ref| <= TOL_REL * (|bias| + sum_i |inp_i * w_i|) + TOL_ABS
  * which allows any accumulation order (blocked, SIMD, FMA) but not lost terms, a dropped
@@ -96,83 +98,111 @@ static void fill_nan(float *p, size_t n) {
     for (size_t i = 0; i < n; i++) p[i] = NAN;
 }
 
-/* ---------------- benchmark cases ---------------- */
+/* ---------------- benchmark cases ----------------
+ * Every timed call has its own inp and out (harness slots); the weights and bias are
+ * per call too when small, else one copy per case in which the harness changes one weight
+ * and one bias between batches (the changed output channels are checked on every call,
+ * so nothing derived from old weights can be reused). After each batch every call is
+ * checked: all outputs written and finite, and a random sample plus the changed channels
+ * against the double reference. */
 
-static volatile float sink;
+enum { B_OUT, B_INP, B_W, B_BIAS };
+#define PER_CALL_WEIGHTS_MAX (256u << 10)
 
 typedef struct {
-    int B, T, C, OC, has_bias;
-    rl_buf bo, bi, bw, bb;
-    float *out, *inp, *w, *bias;
-    size_t n_inp;
+    int B, T, C, OC, has_bias, BT;
+    long changed_w, changed_b; /* output channels of the last between-batch changes */
 } lin_case;
 
-void *rl_case_new(const long *p, int np, rl_rng *rng) {
-    lin_case *c = calloc(1, sizeof *c);
-    c->B = np > 0 ? (int)p[0] : 1;
-    c->T = np > 1 ? (int)p[1] : 1;
-    c->C = np > 2 ? (int)p[2] : 1;
-    c->OC = np > 3 ? (int)p[3] : 1;
-    c->has_bias = np > 4 ? (int)p[4] : 1;
-    size_t BT = (size_t)c->B * c->T;
-    c->n_inp = BT * c->C;
-    c->out = rl_buf_alloc(&c->bo, sizeof(float) * BT * c->OC, 0, 64, 64);
-    c->inp = rl_buf_alloc(&c->bi, sizeof(float) * c->n_inp, 0, 0, 0);
-    c->w = rl_buf_alloc(&c->bw, sizeof(float) * (size_t)c->OC * c->C, 0, 0, 0);
-    c->bias = rl_buf_alloc(&c->bb, sizeof(float) * (size_t)c->OC, 0, 0, 0);
-    rl_fill_uniform(c->inp, c->n_inp, rng, -1.f, 1.f);
-    rl_fill_uniform(c->w, (size_t)c->OC * c->C, rng, -1.f, 1.f);
-    rl_fill_uniform(c->bias, (size_t)c->OC, rng, -1.f, 1.f);
-    return c;
+void rl_case_setup(rl_case *c, const long *p, int np) {
+    lin_case *L = calloc(1, sizeof *L);
+    L->B = np > 0 ? (int)p[0] : 1;
+    L->T = np > 1 ? (int)p[1] : 1;
+    L->C = np > 2 ? (int)p[2] : 1;
+    L->OC = np > 3 ? (int)p[3] : 1;
+    L->has_bias = np > 4 ? (int)p[4] : 1;
+    L->BT = L->B * L->T;
+    L->changed_w = L->changed_b = -1;
+    size_t nw = sizeof(float) * (size_t)L->OC * L->C;
+    int wflags = nw <= PER_CALL_WEIGHTS_MAX ? RL_PER_CALL : 0;
+    rl_case_buffer(c, sizeof(float) * (size_t)L->BT * L->OC, RL_PER_CALL | RL_OUTPUT);
+    rl_case_buffer(c, sizeof(float) * (size_t)L->BT * L->C, RL_PER_CALL);
+    rl_case_buffer(c, nw, wflags);
+    rl_case_buffer(c, L->has_bias ? sizeof(float) * (size_t)L->OC : 0, wflags);
+    rl_case_set_user(c, L);
 }
 
-void rl_case_refresh(void *st, rl_rng *rng) {
-    lin_case *c = st;
-    rl_fill_uniform(c->inp, c->n_inp, rng, -1.f, 1.f);
-    /* weights are too big to rewrite per sample; change one so pointer-keyed caches break */
-    c->w[rl_below(rng, (size_t)c->OC * c->C)] = rl_uniform(rng, -1.f, 1.f);
-    c->bias[rl_below(rng, (size_t)c->OC)] = rl_uniform(rng, -1.f, 1.f);
-    /* Read every cache line of the weights so each timed batch starts from the same cache
-     * state whichever implementation ran before it (else the second of a pair inherits the
-     * first one's warm weights: a large, order-dependent bias on the big shapes). */
-    size_t nw = (size_t)c->OC * c->C;
-    float sum = 0.0f;
-    for (size_t k = 0; k < nw; k += 16) sum += c->w[k];
-    for (size_t k = 0; k < c->n_inp; k += 16) sum += c->inp[k];
-    sink = sum;
-}
-
-void rl_case_run(void *st, rl_fnptr fn, long rep) {
-    lin_case *c = st;
-    if (rep > 0) {
-        size_t k = (size_t)rep * 2654435761u % c->n_inp;
-        c->inp[k] = -c->inp[k];
+void rl_case_fill(rl_case *c, int buf, void *data, size_t bytes, rl_rng *rng, int fresh,
+                  size_t *lo, size_t *hi) {
+    lin_case *L = rl_case_user(c);
+    float *f = data;
+    size_t n = bytes / sizeof(float);
+    if (fresh) {
+        rl_fill_uniform(f, n, rng, -1.f, 1.f);
+        return;
     }
-    ((matmul_fn)fn)(c->out, c->inp, c->w, c->has_bias ? c->bias : NULL, c->B, c->T, c->C,
-                    c->OC);
+    size_t k = rl_below(rng, n);
+    f[k] = f[k] > 0.f ? f[k] - 1.f : f[k] + 1.f; /* a real change, still in [-1, 1] */
+    *lo = k * sizeof(float);
+    *hi = *lo + sizeof(float);
+    if (buf == B_W)
+        L->changed_w = (long)(k / (size_t)L->C);
+    else
+        L->changed_b = (long)k;
 }
 
-int rl_case_check(void *st, rl_fnptr fn, rl_rng *rng, char *msg, size_t cap) {
-    lin_case *c = st;
-    long BT = (long)c->B * c->T;
-    rl_case_refresh(c, rng);
-    fill_nan(c->out, (size_t)BT * c->OC);
-    ((matmul_fn)fn)(c->out, c->inp, c->w, c->has_bias ? c->bias : NULL, c->B, c->T, c->C,
-                    c->OC);
-    long off = 0;
-    if (!rl_buf_guards_ok(&c->bo, &off)) {
-        snprintf(msg, cap, "guard_overwrite B=%d T=%d C=%d OC=%d: wrote outside out at byte "
-                 "offset %ld (out holds %ld bytes)", c->B, c->T, c->C, c->OC, off,
-                 (long)c->bo.bytes);
-        return 1;
+void rl_case_call(rl_case *c, void *const *b, rl_fnptr fn) {
+    lin_case *L = rl_case_user(c);
+    ((matmul_fn)fn)(b[B_OUT], b[B_INP], b[B_W], b[B_BIAS], L->B, L->T, L->C, L->OC);
+}
+
+static int check_element(const lin_case *L, const float *out, const float *inp,
+                         const float *w, const float *bias, long bt, long o, char *msg,
+                         size_t cap) {
+    const float *x = inp + (size_t)bt * L->C, *wr = w + (size_t)o * L->C;
+    double acc = bias ? (double)bias[o] : 0.0, mag = bias ? fabs((double)bias[o]) : 0.0;
+    for (int i = 0; i < L->C; i++) {
+        double p = (double)x[i] * (double)wr[i];
+        acc += p;
+        mag += fabs(p);
     }
-    long rows[8] = {0, BT - 1, BT / 2, (long)rl_below(rng, (size_t)BT),
-                    (long)rl_below(rng, (size_t)BT), BT / 3, (BT * 2) / 3, BT > 1 ? 1 : 0};
-    cmp_t r = compare(c->out, c->inp, c->w, c->has_bias ? c->bias : NULL, (int)BT, c->C, c->OC,
-                      rows, 8);
-    if (r.bad) {
-        describe(msg, cap, &r, "(benchmark shape)", c->B, c->T, c->C, c->OC, c->has_bias);
-        return 1;
+    double got = out[(size_t)bt * L->OC + o], err = fabs(got - acc);
+    double tol = TOL_REL * mag + TOL_ABS;
+    if (err <= tol) return 0;
+    snprintf(msg, cap, "wrong_result B=%d T=%d C=%d OC=%d bias=%s: out[%ld][%ld] = %.7g, "
+             "expected %.7g (error %.3g > tolerance %.3g)", L->B, L->T, L->C, L->OC,
+             bias ? "yes" : "NULL", bt, o, got, acc, err, tol);
+    return 1;
+}
+
+int rl_case_check(rl_case *c, const void *const *b, rl_rng *rng, int full, char *msg,
+                  size_t cap) {
+    lin_case *L = rl_case_user(c);
+    const float *out = b[B_OUT], *inp = b[B_INP], *w = b[B_W], *bias = b[B_BIAS];
+    size_t n = (size_t)L->BT * L->OC;
+    for (size_t k = 0; k < n; k++) {
+        if (!isfinite(out[k])) {
+            snprintf(msg, cap, "nan_inf B=%d T=%d C=%d OC=%d: out[%ld][%ld] = %g was not "
+                     "written or is not finite", L->B, L->T, L->C, L->OC,
+                     (long)(k / (size_t)L->OC), (long)(k % (size_t)L->OC), (double)out[k]);
+            return 1;
+        }
+    }
+    if (full) {
+        for (long bt = 0; bt < L->BT; bt++)
+            for (long o = 0; o < L->OC; o++)
+                if (check_element(L, out, inp, w, bias, bt, o, msg, cap)) return 1;
+        return 0;
+    }
+    for (int r = 0; r < 2; r++) {
+        long bt = (long)rl_below(rng, (size_t)L->BT);
+        long cols[6] = {(long)rl_below(rng, (size_t)L->OC), (long)rl_below(rng, (size_t)L->OC),
+                        (long)rl_below(rng, (size_t)L->OC), (long)rl_below(rng, (size_t)L->OC),
+                        L->changed_w, L->changed_b};
+        for (int k = 0; k < 6; k++)
+            if (cols[k] >= 0 && cols[k] < L->OC &&
+                check_element(L, out, inp, w, bias, bt, cols[k], msg, cap))
+                return 1;
     }
     return 0;
 }

@@ -4,16 +4,25 @@ Contract (what every experiment's eval.py honours):
   * it is run as `python eval.py request.json` with the work dir as cwd; the work dir holds
     a copy of the experiment folder (never the original), the candidate source under the
     target's file name, and each reference source under the name given in the request;
-  * request.json is an `EvalRequest`; eval.py prints one `EvalResult` JSON object as the
-    last line of stdout (and may write more logs to files in the work dir);
+  * request.json is an `EvalRequest`; eval.py reports exactly one `EvalResult` JSON
+    document on the result channel, the file descriptor in $RATCHET_RESULT_FD that the
+    sandbox gives eval.py alone (`ratchetloop.harness.main` does this). Its stdout and
+    stderr are logs, never read for the verdict: a candidate that reaches them forges
+    nothing. Files named *.log in the work dir come back as logs; nothing else does;
   * samples[case][impl] are per-round times (or scores) in the experiment's unit, where
     impl is "candidate" or a reference name; index i of every list is the same round, timed
-    interleaved in one process, so the loop can pair them.
+    interleaved, so the loop can pair them.
+
+The protocol is strict: one document, exactly the requested cases, each with exactly the
+candidate and the requested references, every list `rounds` long and finite. Anything
+else fails the candidate with kind "integrity".
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
 import shutil
 import sys
 import tempfile
@@ -25,6 +34,8 @@ from pydantic import BaseModel, Field, ValidationError
 from . import benchlock, sandbox
 from .experiment import Acceptance, Experiment
 
+ARTEFACTS = ("*.log",)  # what eval.py may hand back besides its result
+LOG_LIMIT = 1 << 20  # total characters of logs kept from one evaluation
 STATE_NAMES = {"SCORES.json", "SCORES.md", "MEMORY.json", "MEMORY.md", "runs", "winners",
                ".ratchet.lock", "__pycache__"}
 PACKAGE_SRC = Path(__file__).resolve().parents[1]
@@ -109,8 +120,10 @@ def run_eval(
                 cwd=work,
                 timeout=exp.timeout_seconds,
                 env={"PYTHONPATH": str(PACKAGE_SRC)},
+                result_channel=True,
+                artefacts=ARTEFACTS,
             )
-        result = parse_result(proc)
+        result = parse_result(proc, request)
         result.wall_seconds = proc.wall_seconds
         if keep_workdir is not None:
             _keep_logs(work, keep_workdir)
@@ -119,31 +132,72 @@ def run_eval(
         shutil.rmtree(work, ignore_errors=True)
 
 
-def parse_result(proc: sandbox.SandboxResult) -> EvalResult:
-    """Turn what eval.py printed into an EvalResult; a silent or dead eval.py is a failure."""
+def parse_result(proc: sandbox.SandboxResult, request: EvalRequest | None = None) -> EvalResult:
+    """The one EvalResult eval.py reported on the result channel; a silent, dead or
+    protocol-breaking eval.py is a failure (stdout is never read for the verdict)."""
     if proc.timed_out:
-        return EvalResult(
-            ok=False,
-            phase="timeout",
-            failure=Failure(kind="timeout", message="evaluation exceeded the time limit",
-                            detail=_tail(proc.stderr)),
-        )
-    for line in reversed(proc.stdout.strip().splitlines()):
-        line = line.strip()
-        if line.startswith("{"):
-            try:
-                return EvalResult.model_validate(json.loads(line))
-            except (json.JSONDecodeError, ValidationError):
-                break
-    if proc.signal:
-        kind, message = "crash", f"evaluator killed by signal {proc.signal}"
-    else:
-        kind, message = "harness_error", f"eval.py exited {proc.returncode} without a result"
-    return EvalResult(
-        ok=False,
-        phase="crash",
-        failure=Failure(kind=kind, message=message, detail=_tail(proc.stderr or proc.stdout)),
-    )
+        return _failed("timeout", "timeout", "evaluation exceeded the time limit",
+                       _tail(proc.stderr))
+    text = (proc.result or b"").decode("utf-8", errors="replace")
+    if not text.strip():
+        if proc.signal:
+            return _failed("crash", "crash", f"evaluator killed by signal {proc.signal}",
+                           _tail(proc.stderr or proc.stdout))
+        why = proc.error or f"eval.py exited {proc.returncode} without a result"
+        return _failed("crash", "harness_error", why, _tail(proc.stderr or proc.stdout))
+    try:
+        documents = [json.loads(line) for line in text.splitlines() if line.strip()]
+        if proc.result_truncated or len(documents) != 1:
+            raise ValueError(f"{len(documents)} result documents (exactly one is allowed)")
+        result = EvalResult.model_validate(documents[0])
+        if request is not None and result.ok and request.benchmark:
+            _check_samples(result, request)
+    except (ValueError, ValidationError) as exc:
+        return _failed("integrity", "integrity", f"evaluator protocol violated: "
+                       f"{str(exc).splitlines()[0][:200]}", _tail(text, 2000))
+    result.logs = safe_logs(result.logs)
+    return result
+
+
+def _check_samples(result: EvalResult, request: EvalRequest) -> None:
+    """Exactly the requested cases and implementations, equally long, finite, non-empty."""
+    impls = {"candidate", *request.references}
+    if set(result.samples) != set(request.cases):
+        raise ValueError(f"samples for cases {sorted(result.samples)}, expected "
+                         f"{sorted(request.cases)}")
+    for case, by_impl in result.samples.items():
+        if set(by_impl) != impls:
+            raise ValueError(f"case {case}: samples for {sorted(by_impl)}, expected "
+                             f"{sorted(impls)}")
+        for impl, values in by_impl.items():
+            if len(values) != result.rounds or result.rounds < 1:
+                raise ValueError(f"case {case}, {impl}: {len(values)} samples for "
+                                 f"{result.rounds} rounds")
+            if not all(math.isfinite(v) for v in values):
+                raise ValueError(f"case {case}, {impl}: a sample is not a finite number")
+
+
+def _failed(phase: str, kind: str, message: str, detail: str) -> EvalResult:
+    return EvalResult(ok=False, phase=phase, failure=Failure(kind=kind, message=message,
+                                                             detail=detail))
+
+
+def safe_name(name: str) -> str:
+    """A log name that is a plain file name: [A-Za-z0-9_.-], no leading dot, short."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name).lstrip(".")[:64] or "log"
+
+
+def safe_logs(logs: dict[str, str]) -> dict[str, str]:
+    """Names made safe and unique, total size capped: they become files under runs/."""
+    out: dict[str, str] = {}
+    budget = LOG_LIMIT
+    for name, text in logs.items():
+        key = safe_name(str(name))
+        while key in out:
+            key = f"{key}_"
+        out[key] = str(text)[:max(budget, 0)]
+        budget -= len(out[key])
+    return out
 
 
 def _tail(text: str, limit: int = 4000) -> str:
@@ -151,8 +205,12 @@ def _tail(text: str, limit: int = 4000) -> str:
 
 
 def _keep_logs(work: Path, dest: Path) -> None:
+    """The *.log files the sandbox handed back: plain names, regular files, capped."""
     dest.mkdir(parents=True, exist_ok=True)
-    for log in work.glob("*.log"):
-        if log.is_symlink() or not log.is_file():
+    budget = LOG_LIMIT
+    for log in sorted(work.glob("*.log")):
+        if log.is_symlink() or not log.is_file() or safe_name(log.name) != log.name:
             continue  # a candidate could plant x.log -> a secret; only real files are kept
-        shutil.copy2(log, dest / log.name, follow_symlinks=False)
+        data = log.read_bytes()[:max(budget, 0)]
+        budget -= len(data)
+        (dest / log.name).write_bytes(data)

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from . import evaluate, gitops, measure, stability
+from . import evaluate, gitops, measure, sandbox, stability
 from . import memory as memory_mod
 from . import scores as scores_mod
 from .errors import RatchetError
@@ -123,8 +123,9 @@ class Session:
     last_usage: Usage | None = None  # estimate of the next request, for budgets
     started: float = field(default_factory=time.monotonic)
     now: Callable[[], str] = field(default=lambda: time.strftime("%Y-%m-%d %H:%M:%S"))
-    # Generic mode (ratchetloop.generic.adapter): reads edits, runs the user's command in
-    # git worktrees and commits on its own branch. None = the experiment-folder behaviour.
+    # Generic mode (ratchetloop.generic.adapter): reads edits, runs the user's command on
+    # clean copies of the judged tree and commits on its own branch. None = the
+    # experiment-folder behaviour.
     adapter: Any = None
 
 
@@ -264,9 +265,12 @@ def ensure_seeded(s: Session) -> None:
 
 
 def warn_if_host_busy(s: Session) -> None:
-    """Timing on a busy host needs more rounds and decides less: say so up front."""
+    """Timing on a busy host needs more rounds and decides less, and a sandbox layer that
+    is off here leaves a gap: say both up front, every run."""
     for warning in stability.check_host().warnings:
         s.reporter.message(f"[yellow]host: {warning}[/]")
+    for name, why in sandbox.missing_layers():
+        s.reporter.message(f"[yellow]sandbox: {name} is off: {why}[/]")
 
 
 def stop_reason(s: Session) -> str:

@@ -1,14 +1,21 @@
-"""Reading request.json, printing the EvalResult line, and turning faults into Failures.
+"""Reading request.json, reporting the one EvalResult, and turning faults into Failures.
 
 eval.py raises `HarnessFailure(kind, message, detail, phase)` wherever a candidate fails;
-`main()` catches it and prints the failed EvalResult as the last stdout line, so the loop
-always gets one parseable answer. Any other exception is the harness's own bug and is
-reported as kind "harness_error" with the traceback tail (never blamed on the candidate).
+`main()` catches it and reports the failed EvalResult, so the loop always gets exactly one
+answer. Any other exception is the harness's own bug and is reported as kind
+"harness_error" with the traceback tail (never blamed on the candidate).
+
+The answer goes to the result channel, the file descriptor named by $RATCHET_RESULT_FD
+that the sandbox hands to eval.py alone (stdout when run by hand). `protect_evaluator()`,
+called first thing by `main()`, keeps that descriptor from every child process and makes
+this process non-dumpable, so no process of the same user can read its memory, ptrace it
+or reach its descriptors through /proc.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 import traceback
@@ -16,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..evaluate import EvalRequest, EvalResult, Failure
+from ..hardening import make_undumpable
 
 DETAIL_LIMIT = 3000
 
@@ -56,11 +64,40 @@ def load_request(path: str | Path) -> EvalRequest:
     return EvalRequest.model_validate(json.loads(Path(path).read_text(encoding="utf-8")))
 
 
+RESULT_FD_VAR = "RATCHET_RESULT_FD"
+
+
+def result_fd() -> int | None:
+    """The result channel's descriptor, when the sandbox gave us one."""
+    value = os.environ.get(RESULT_FD_VAR, "")
+    return int(value) if value.isdigit() else None
+
+
+def protect_evaluator() -> None:
+    """Keep the verdict out of reach: result fd not inherited, this process not dumpable."""
+    fd = result_fd()
+    if fd is not None:
+        try:
+            os.set_inheritable(fd, False)
+        except OSError:
+            pass
+    make_undumpable()
+
+
 def emit(result: EvalResult) -> None:
-    """Print the result as ONE JSON line, the last thing on stdout (the contract)."""
-    sys.stdout.flush()
-    sys.stdout.write(result.model_dump_json() + "\n")
-    sys.stdout.flush()
+    """Report the result as ONE JSON document: on the result channel (then closed), or as
+    the last stdout line when run by hand."""
+    data = (result.model_dump_json() + "\n").encode("utf-8")
+    fd = result_fd()
+    if fd is None:
+        sys.stdout.flush()
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+        return
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+    os.close(fd)
 
 
 def failed(exc: HarnessFailure, unit: str = "us", **extra: object) -> EvalResult:
@@ -70,6 +107,7 @@ def failed(exc: HarnessFailure, unit: str = "us", **extra: object) -> EvalResult
 def main(evaluate: Callable[[EvalRequest], EvalResult], argv: list[str] | None = None) -> int:
     """eval.py entry point: read request.json, evaluate, print exactly one result line."""
     argv = sys.argv[1:] if argv is None else argv
+    protect_evaluator()
     start = time.monotonic()
     try:
         request = load_request(argv[0] if argv else "request.json")

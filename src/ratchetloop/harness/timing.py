@@ -1,9 +1,12 @@
-"""Drive the persistent C benchmark process and stop sampling when the answer is clear.
+"""Drive the trusted benchmark driver and stop sampling when the answer is clear.
 
-The benchmark binary (see c/rl_main.c) stays alive for the whole measurement: Python asks
-for `batch_rounds` more interleaved rounds at a time and calls
-`ratchetloop.measure.needs_more_rounds()` between batches, so an obvious win or loss stops
-after `min_rounds` while a close call keeps sampling up to `max_rounds` / `max_seconds`.
+The driver (c/rl_driver.c) stays alive for the whole measurement and owns one worker
+process per implementation: Python names the workers (`impl`), adds the cases, asks for
+calibration and a checked call of everything, then for `batch_rounds` more interleaved
+rounds at a time, calling `ratchetloop.measure.needs_more_rounds()` between batches, so an
+obvious win or loss stops after `min_rounds` while a close call keeps sampling up to
+`max_rounds` / `max_seconds`. Everything read here comes from the driver, never from an
+implementation; a malformed line is the harness's own fault.
 """
 
 from __future__ import annotations
@@ -38,13 +41,15 @@ class BenchProcess:
         threading.Thread(target=self._pump_err, daemon=True).start()
 
     def _pump_out(self) -> None:
-        assert self.proc.stdout is not None
+        if self.proc.stdout is None:
+            return
         for line in self.proc.stdout:
             self.lines.put(line.rstrip("\n"))
         self.lines.put(None)
 
     def _pump_err(self) -> None:
-        assert self.proc.stderr is not None
+        if self.proc.stderr is None:
+            return
         for line in self.proc.stderr:
             if sum(map(len, self.stderr_chunks)) < 64_000:
                 self.stderr_chunks.append(line)
@@ -55,8 +60,9 @@ class BenchProcess:
 
     def command(self, line: str, timeout: float, phase: str = "benchmark") -> list[str]:
         """Send one command; return its answer lines (without the final "ok")."""
-        assert self.proc.stdin is not None
         try:
+            if self.proc.stdin is None:
+                raise OSError("no stdin")
             self.proc.stdin.write(line + "\n")
             self.proc.stdin.flush()
         except (BrokenPipeError, OSError):
@@ -114,12 +120,41 @@ class Timing:
     stop_reason: str
     batches: list[dict[str, object]] = field(default_factory=list)
     batches_per_sample: dict[str, int] = field(default_factory=dict)
+    ipc_us: float = 0.0
+
+
+def raise_failures(lines: Sequence[str], impl_names: Sequence[str], phase: str) -> None:
+    """A "fail <impl> <kind> <message>" line from the driver ends the evaluation: the
+    candidate's fault, or (a reference or the harness) ours."""
+    for line in lines:
+        if not line.startswith("fail "):
+            continue
+        _, impl, kind, *rest = line.split(" ", 3) + [""]
+        message = rest[0].strip()
+        index = int(impl) if impl.lstrip("-").isdigit() else -1
+        if index == 0:
+            kind_phase = "validate" if kind == "validation_error" else phase
+            raise HarnessFailure(kind, message, line, phase=kind_phase)
+        who = f"reference {impl_names[index]!r}" if 0 < index < len(impl_names) else "harness"
+        raise HarnessFailure("harness_error", f"{who}: {kind}: {message}", line, phase=phase)
+
+
+def _sample(line: str, cases: Sequence[tuple[str, Sequence[int]]],
+            impl_names: Sequence[str]) -> tuple[str, str, float]:
+    parts = line.split()
+    try:
+        if len(parts) != 4 or parts[0] != "s":
+            raise ValueError(line)
+        return cases[int(parts[1])][0], impl_names[int(parts[2])], float(parts[3])
+    except (ValueError, IndexError):
+        raise HarnessFailure("harness_error", f"benchmark driver answered {line[:60]!r}",
+                             line[:500], phase="benchmark") from None
 
 
 def measure(
     bench: BenchProcess,
     cases: Sequence[tuple[str, Sequence[int]]],
-    impl_names: Sequence[str],
+    impls: Sequence[tuple[str, Path]],
     acceptance: Acceptance,
     *,
     lower_is_better: bool = True,
@@ -133,40 +168,48 @@ def measure(
     check: bool = True,
     command_timeout: float = 120.0,
 ) -> Timing:
-    """Calibrate, check results in the optimised build, then sample in sequential batches.
+    """Start the workers, check every implementation in full, calibrate, then sample in
+    sequential batches (every call of every batch checked by the driver).
 
-    impl_names[0] is the candidate, the rest are references (the build's order).
+    impls[0] is the candidate (name, worker binary), the rest are references.
     With references, keeps adding batches while `needs_more_rounds` says the candidate vs
     ANY reference is still unsure (on the primary case if given, else the suite total),
     bounded by max_rounds/max_seconds. Without references (seeding a baseline) it takes
     `min_rounds` rounds (rounded up to whole batches) of the candidate alone.
     """
     start = time.monotonic()
-    bench.command(f"seed {int(seed) & 0xFFFFFFFFFFFFFFFF}", command_timeout)
-    bench.command(f"clock {'wall' if clock == 'wall' else 'cpu'}", command_timeout)
+    impl_names = [name for name, _ in impls]
+
+    def ask(line: str, phase: str = "benchmark") -> list[str]:
+        answer = bench.command(line, command_timeout, phase=phase)
+        raise_failures(answer, impl_names, phase)
+        return answer
+
+    ask(f"timeout {command_timeout:g}")
+    for name, binary in impls:
+        ask(f"impl {name} {binary}")
+    ask(f"seed {int(seed) & 0xFFFFFFFFFFFFFFFF}")
+    ask(f"clock {'wall' if clock == 'wall' else 'cpu'}")
     for name, params in cases:
-        bench.command(f"case {name} " + " ".join(str(int(p)) for p in params), command_timeout)
+        ask(f"case {name} " + " ".join(str(int(p)) for p in params))
+    if check:  # every implementation checked in full before any batch is timed
+        ask("check", phase="validate")
     reps: dict[str, int] = {}
     calib: dict[str, float] = {}
     per_sample: dict[str, int] = {}
+    ipc = 0.0
     calibrate = f"calibrate {min_sample_us} {warmup} {sample_budget_us} {max_batches}"
-    for line in bench.command(calibrate, command_timeout):
-        _, ci, r, fastest, nb = line.split()
-        reps[cases[int(ci)][0]] = int(r)
-        calib[cases[int(ci)][0]] = float(fastest)
-        per_sample[cases[int(ci)][0]] = int(nb)
-    if check:
-        bad = bench.command("check", command_timeout, phase="validate")
-        for line in bad:
-            _, impl, ci, msg = line.split(" ", 3)
-            who = impl_names[int(impl)]
-            kind, _, text = msg.partition(" ")
-            where = f"benchmark case {cases[int(ci)][0]} (optimised build)"
-            if int(impl) == 0:
-                raise HarnessFailure("validation_error", f"{kind}: {where}: {text}",
-                                     "\n".join(bad), phase="validate")
-            raise HarnessFailure("harness_error", f"reference {who!r} fails {where}: {text}",
-                                 "\n".join(bad), phase="validate")
+    for line in ask(calibrate, phase="validate"):
+        parts = line.split()
+        if parts[:1] == ["ipc"] and len(parts) == 2:
+            ipc = float(parts[1])
+        elif parts[:1] == ["reps"] and len(parts) == 5:
+            name = cases[int(parts[1])][0]
+            reps[name], calib[name], per_sample[name] = (int(parts[2]), float(parts[3]),
+                                                         int(parts[4]))
+        else:
+            raise HarnessFailure("harness_error", f"benchmark driver answered {line[:60]!r}",
+                                 line[:500], phase="benchmark")
     samples: dict[str, dict[str, list[float]]] = {
         name: {impl: [] for impl in impl_names} for name, _ in cases}
     cand, refs = impl_names[0], list(impl_names[1:])
@@ -191,18 +234,14 @@ def measure(
         if refs:
             n = min(n, acceptance.max_rounds - rounds) or 1
         t0 = time.monotonic()
-        for line in bench.command(f"rounds {n}", command_timeout):
-            try:
-                tag, ci, impl, us = line.split()
-                assert tag == "s"
-                samples[cases[int(ci)][0]][impl_names[int(impl)]].append(float(us))
-            except (ValueError, IndexError, AssertionError):
-                raise HarnessFailure(
-                    "crash", f"benchmark protocol corrupted by output {line[:60]!r}: the "
-                    "kernel must not print or write to file descriptors", line[:500],
-                    phase="benchmark") from None
+        for line in ask(f"rounds {n}"):
+            case, impl, us = _sample(line, cases, impl_names)
+            samples[case][impl].append(us)
         rounds += n
+        if any(len(v) != rounds for per in samples.values() for v in per.values()):
+            raise HarnessFailure("harness_error", "benchmark driver returned the wrong number "
+                                 "of samples", phase="benchmark")
         batches.append({"rounds": n, "seconds": round(time.monotonic() - t0, 4)})
     return Timing(samples=samples, rounds=rounds, reps=reps, calibration_us=calib,
                   seconds=time.monotonic() - start, stop_reason=stop, batches=batches,
-                  batches_per_sample=per_sample)
+                  batches_per_sample=per_sample, ipc_us=ipc)

@@ -1,14 +1,11 @@
-/* ratchetloop C harness utilities: RNG, clock, guarded buffers, failure reporting. */
+/* ratchetloop C harness utilities (driver side): RNG, clock, failure reporting. */
 #define _POSIX_C_SOURCE 200809L
 #include "rl_harness.h"
 
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
 #include <time.h>
-
-#define RL_CANARY 0xA5
 
 uint64_t rl_next(rl_rng *r) {
     uint64_t z = (r->s += 0x9E3779B97F4A7C15ull);
@@ -31,50 +28,6 @@ double rl_now_us(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec * 1e-3;
-}
-
-double rl_cpu_us(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    return (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec * 1e-3;
-}
-
-void *rl_buf_alloc(rl_buf *b, size_t bytes, size_t misalign, size_t front, size_t back) {
-    size_t lead = ((front + 63) / 64) * 64 + (misalign % 64);
-    void *base = NULL;
-    if (posix_memalign(&base, 64, lead + bytes + back) != 0 || base == NULL) {
-        fprintf(stderr, "rl_buf_alloc: out of memory (%zu bytes)\n", lead + bytes + back);
-        exit(4);
-    }
-    b->base = base;
-    b->data = b->base + lead;
-    b->bytes = bytes;
-    b->front = lead;
-    b->back = back;
-    memset(b->base, RL_CANARY, lead);
-    memset(b->data + bytes, RL_CANARY, back);
-    return b->data;
-}
-
-int rl_buf_guards_ok(const rl_buf *b, long *offset) {
-    for (size_t i = 0; i < b->front; i++) {
-        if (b->base[i] != RL_CANARY) {
-            if (offset) *offset = (long)i - (long)b->front;
-            return 0;
-        }
-    }
-    for (size_t i = 0; i < b->back; i++) {
-        if (b->data[b->bytes + i] != RL_CANARY) {
-            if (offset) *offset = (long)(b->bytes + i);
-            return 0;
-        }
-    }
-    return 1;
-}
-
-void rl_buf_free(rl_buf *b) {
-    free(b->base);
-    b->base = b->data = NULL;
 }
 
 void rl_fail(const char *kind, const char *fmt, ...) {
