@@ -59,7 +59,8 @@ def test_scripted_fib_keeps_memo_and_rejects_the_wrong_shortcut(tmp_path):
     assert summary.best is not None and summary.seed is not None
     assert summary.best.score < summary.seed.score / 100
     scores_md = exp.path("SCORES.md").read_text()
-    assert "memoise with a dict cache" in scores_md and "999" not in scores_md
+    # failed attempts stay off the scoreboard (match the note: any number may contain 999)
+    assert "memoise with a dict cache" in scores_md and "returns 999" not in scores_md
 
 
 def test_tuner_runs_fib_the_same_way(tmp_path):
