@@ -48,3 +48,44 @@ def calc_value(target: str) -> float:
     namespace: dict = {}
     exec(Path(target).read_text(), namespace)
     return float(namespace["cost"]())
+
+
+# ---------------------------------------------------------------- red-team projects
+
+FD_SCORE = """import os
+from calc import cost
+
+value = cost()
+fd = os.environ.get("RATCHET_RESULT_FD")
+if fd:
+    os.write(int(fd), f"{value}\\n".encode())
+print(f"cost={value} units")
+"""
+
+
+def make_project(root: Path, files: dict[str, str]) -> Path:
+    """A git repository with `files` committed on main."""
+    repo = root / "proj"
+    repo.mkdir(parents=True)
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "config", "user.email", "t@example.com")
+    git(repo, "config", "user.name", "t")
+    for rel, text in files.items():
+        (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+        (repo / rel).write_text(text)
+    git(repo, "add", ".")
+    git(repo, "commit", "-qm", "start")
+    return repo
+
+
+def reply(files: dict[str, str], note: str) -> str:
+    """A scripted model reply rewriting whole files."""
+    blocks = "".join(f"File: {path}\n```python\n{text}```\n" for path, text in files.items())
+    return f"{blocks}Note: {note}\n"
+
+
+def attempts(folder: Path) -> list[dict]:
+    """runs/<n>/attempt.json of a generic project, in order."""
+    import json
+
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("runs/*/attempt.json"))]

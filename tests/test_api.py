@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -64,3 +65,55 @@ def test_run_refuses_inside_the_metric_child(tmp_path, monkeypatch):
     monkeypatch.setenv("RATCHET_METRIC_CHILD", "1")
     with pytest.raises(RatchetError, match="__main__"):
         Loop(target=str(repo / "calc.py"), metric="python3 score.py").run(1)
+
+
+FORGE_IN_CHILD = """import json
+import os
+
+print(json.dumps({"ratchet_metric": 0}))  # the old stdout protocol: ignored now
+for fd in (3, int(os.environ.get("RATCHET_RESULT_FD", "3"))):
+    try:
+        os.write(fd, b"0\\n")  # the channel was moved away before the metric ran
+    except OSError:
+        pass
+
+
+def cost():
+    return 10
+"""
+
+
+def test_callable_metric_reports_on_the_channel_so_candidate_output_cannot_forge_it(tmp_path):
+    repo = make_repo(tmp_path)
+    forger = f"File: calc.py\n```python\n{FORGE_IN_CHILD}```\nNote: forge\n"
+    loop = Loop(target=str(repo / "calc.py"), metric=calc_value, higher_is_better=False,
+                proposer=ReplayProposer([forger, calc_reply(2, "two")]))
+    result = loop.run(iterations=2)
+    assert [h["status"] for h in result.history] == ["discard", "keep"]
+    assert result.best_metric == 2
+    data = json.loads((result.folder / "experiment.json").read_text())
+    assert data["generic"]["metric"]["channel"] == "fd"
+
+
+def test_loop_check_blocks_a_winner_that_breaks_the_tests(tmp_path):
+    repo = make_repo(tmp_path)
+    loop = Loop(target=str(repo / "calc.py"), metric="python3 score.py",
+                metric_regex=r"cost=(\d+)", higher_is_better=False,
+                check="python3 -c 'from calc import cost; assert cost() > 0, \"not positive\"'",
+                proposer=ReplayProposer([calc_reply(0, "zero"), calc_reply(3, "three")]))
+    result = loop.run(iterations=2)
+    assert [h["status"] for h in result.history] == ["discard", "keep"]
+    assert "[check:" in result.history[0]["description"] and result.best_metric == 3
+
+
+def test_command_number_reads_its_own_result_channel_first(tmp_path):
+    from ratchetloop.metrics import CommandNumber
+
+    target = tmp_path / "t.txt"
+    target.write_text("x")
+    to_fd = 'echo 0.25 >&"$RATCHET_RESULT_FD"; echo "acc=0.99"'
+    assert CommandNumber(to_fd, pattern=r"acc=(\S+)")(str(target)) == 0.25  # stdout ignored
+    assert CommandNumber('echo "acc=0.5"', pattern=r"acc=(\S+)")(str(target)) == 0.5
+    twice = 'echo 1 >&"$RATCHET_RESULT_FD"; echo 2 >&"$RATCHET_RESULT_FD"'
+    with pytest.raises(RuntimeError, match="2 values"):
+        CommandNumber(twice)(str(target))

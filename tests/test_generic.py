@@ -14,6 +14,7 @@ from ratchetloop import experiment as experiment_mod
 from ratchetloop.cli import main
 from ratchetloop.errors import RatchetError
 from ratchetloop.generic import session_parts
+from ratchetloop.generic.cli import init_command
 from ratchetloop.generic.contract import MetricSpec
 from ratchetloop.generic.init import init_project
 from ratchetloop.generic.results import read_rows
@@ -141,7 +142,8 @@ def test_init_flags_refuse_overwrite_and_force(tmp_path, monkeypatch):
     assert out.exit_code == 0, out.output
     data = json.loads((repo / ".ratchet/t1/experiment.json").read_text())
     assert data["generic"]["editable"] == ["calc.py"]
-    assert data["generic"]["metric"] == {"kind": "regex", "pattern": REGEX, "key": None}
+    assert data["generic"]["metric"] == {"kind": "regex", "pattern": REGEX, "key": None,
+                                         "channel": "auto"}
     assert data["direction"] == "lower_is_better" and data["unit"] == "pts"
     for name in ("program.md", "prompt.py", "security.py"):
         assert (repo / ".ratchet/t1" / name).is_file()
@@ -180,3 +182,37 @@ def test_cli_run_on_a_generic_project(tmp_path, monkeypatch):
     assert out.exit_code == 0, out.output
     assert read_rows(exp.path("results.tsv"))[0]["status"] == "keep"
     assert subprocess.run(["git", "diff", "--quiet"], cwd=repo).returncode == 0
+
+
+def test_check_command_failing_on_the_starting_point_halts(tmp_path):
+    repo, exp = setup(tmp_path, check_command="echo tests-are-red-xyz; exit 1")
+    with pytest.raises(RatchetError, match="tests-are-red-xyz"):
+        session_parts(exp, QuietReporter())
+
+
+def test_init_command_check_and_metric_fd_flags(tmp_path):
+    repo = make_repo(tmp_path)
+    out = init_command({"tag": "t", "editable": ["calc.py"], "run_command": "python3 score.py",
+                        "check": "python3 -m pytest -q", "metric_fd": True,
+                        "higher_is_better": False}, cwd=repo)
+    g = json.loads((repo / ".ratchet/t/experiment.json").read_text())["generic"]
+    assert g["check_command"] == "python3 -m pytest -q" and g["metric"]["channel"] == "fd"
+    assert g["implausible"] == "flag"
+    assert "RATCHET_RESULT_FD" in out and "ONLY" in out  # the snippet, and where it reads
+
+
+def test_old_worktrees_are_deleted_as_files_and_pruned(tmp_path):
+    """The previous layout checked the branch out in a worktree a candidate ran in: it is
+    removed without asking git to look inside, and the branch is no longer checked out."""
+    repo, exp = setup(tmp_path)
+    old = repo / ".git/ratchet/calc/branch"
+    git(repo, "branch", "ratchet/calc")
+    git(repo, "worktree", "add", "-q", str(old), "ratchet/calc")
+    (exp.root / "branch.json").write_text(json.dumps({"branch": "ratchet/calc",
+                                                      "base": git(repo, "rev-parse", "HEAD")
+                                                      .strip()}))
+    (old / ".git").write_text("gitdir: /nonexistent/evil\n")  # what a candidate planted
+    _, adapter = session_parts(exp, QuietReporter())
+    assert adapter is not None and adapter.trees.branch == "ratchet/calc"
+    assert not old.exists() and str(old) not in git(repo, "worktree", "list")
+    git(repo, "checkout", "-q", "ratchet/calc")  # possible again: not checked out elsewhere

@@ -5,9 +5,16 @@ It is a front for generic mode, not another loop: it writes .ratchet/<tag>/ like
 command (str) or a callable `metric(target_path) -> float`. Callables never run in the
 loop's process: they are pickled by reference (module + qualified name, or a helper
 object from ratchetloop.metrics) and called in a child python inside the sandbox, in the
-candidate's worktree -- the same isolation a run command gets, and a candidate that hangs
-or crashes the interpreter cannot take the loop down. Only metrics that run no candidate
-code (LLMJudge) are called in-process.
+candidate's tree -- the same isolation a run command gets, and a candidate that hangs
+or crashes the interpreter cannot take the loop down. The child reports the value on the
+sandbox's result channel, never on stdout (generic/child.py), so nothing the metric or the
+candidate prints becomes the metric. Only metrics that run no candidate code (LLMJudge)
+are called in-process.
+
+`check=` is the contract's check_command (every winner must pass it, in the sandbox, on a
+clean copy of its tree); `unit=` (default: the metric's own `unit`, e.g. "s" for
+LatencyMetric) turns on the plausibility rule for time metrics; `implausible="reject"`
+rejects a winner whose CPU time contradicts its claim instead of flagging it.
 """
 
 from __future__ import annotations
@@ -26,15 +33,15 @@ from . import experiment as experiment_mod
 from . import gitops, sandbox
 from .errors import RatchetError
 from .evaluate import PACKAGE_SRC
-from .generic.adapter import GenericAdapter, Measure, Measured
-from .generic.contract import MetricSpec, read_metric
+from .generic.adapter import GenericAdapter, Measure, Measured, measured_from
+from .generic.contract import MetricSpec
 from .generic.init import init_project
 from .generic.results import ResultsReporter, read_rows
 from .loop import Options, Outcome, QuietReporter, run_loop
 from .proposers import registry
 from .scores import Scores
 
-CHILD_KEY = MetricSpec(kind="json_key", key="ratchet_metric")
+CHILD_KEY = MetricSpec(channel="fd")  # the child writes its value to the result channel
 
 
 @dataclass
@@ -64,7 +71,9 @@ class Loop:
                  higher_is_better: bool = True, *, readonly: Sequence[str] = (),
                  repo: str | Path | None = None, tag: str | None = None,
                  timeout: float = 300.0, acceptance: dict[str, Any] | None = None,
-                 metric_regex: str | None = None, verbose: bool = False) -> None:
+                 metric_regex: str | None = None, verbose: bool = False,
+                 check: str | None = None, unit: str | None = None,
+                 implausible: str = "flag") -> None:
         targets = [target] if isinstance(target, str | Path) else list(target)
         start = Path(repo) if repo else Path(targets[0]).resolve().parent
         self.repo = gitops.repo_root(start)
@@ -73,6 +82,8 @@ class Loop:
         self.metric, self.directives, self.proposer = metric, directives, proposer
         self.higher_is_better, self.timeout, self.acceptance = higher_is_better, timeout, acceptance
         self.metric_regex, self.verbose = metric_regex, verbose
+        self.check, self.implausible = check, implausible
+        self.unit = unit if unit is not None else str(getattr(metric, "unit", "") or "")
         self.tag = tag or Path(self.editable[0]).stem.replace("/", "-")
 
     def _rel(self, path: str | Path) -> str:
@@ -95,10 +106,11 @@ class Loop:
         init_project(self.repo, tag=self.tag, editable=self.editable, readonly=self.readonly,
                      run_command=command, metric=metric, higher_is_better=self.higher_is_better,
                      timeout=self.timeout, directives=self.directives, force=True,
-                     acceptance=self.acceptance)
+                     acceptance=self.acceptance, check_command=self.check, unit=self.unit,
+                     implausible=self.implausible)
         exp = experiment_mod.load(folder)
         measure_fn = None if isinstance(self.metric, str) else callable_measure(
-            self.metric, folder, self.editable[0], self.timeout)
+            self.metric, folder, self.editable[0], self.timeout, self.readonly)
         adapter = GenericAdapter(exp, measure_fn)
         adapter.prepare()
         proposer = (registry.resolve(self.proposer, exp) if self.proposer is None
@@ -116,9 +128,10 @@ class Loop:
 
 
 def callable_measure(metric: Callable[[str], float], folder: Path, target: str,
-                     timeout: float) -> Measure:
-    """A Measure that calls `metric(<worktree>/<target>)`: sandboxed child, or in-process
-    for the parts that run no candidate code (see ratchetloop.metrics.LLMJudge)."""
+                     timeout: float, readonly: Sequence[str] = ()) -> Measure:
+    """A Measure that calls `metric(<run dir>/<target>)`: sandboxed child reporting on the
+    result channel, or in-process for the parts that run no candidate code (see
+    ratchetloop.metrics.LLMJudge). Wall and CPU seconds are those of the sandboxed parts."""
     parts = list(getattr(metric, "parts", [])) if getattr(metric, "in_process", False) else []
     units = parts or [(metric, 1.0)]
     specs = [None if getattr(m, "in_process", False) else _pickle(m, folder, i)
@@ -126,6 +139,8 @@ def callable_measure(metric: Callable[[str], float], folder: Path, target: str,
 
     def run(cwd: Path) -> Measured:
         path, total, logs = str(cwd / target), 0.0, []
+        wall: float | None = 0.0
+        cpu: float | None = 0.0
         for (m, weight), spec in zip(units, specs, strict=True):
             if spec is None:
                 try:
@@ -137,16 +152,24 @@ def callable_measure(metric: Callable[[str], float], folder: Path, target: str,
                 proc = sandbox.run([sys.executable, "-m", "ratchetloop.generic.child", str(spec),
                                     path], cwd=cwd, timeout=timeout,
                                    env={"PYTHONPATH": str(PACKAGE_SRC)},
-                                   ro_paths=[folder, *_user_paths()])
-                logs.append(proc.stdout + proc.stderr)
-                if proc.timed_out:
-                    return Measured(None, logs[-1], "timeout", f"metric exceeded {timeout:.0f}s")
-                value = read_metric(proc.stdout, CHILD_KEY) if proc.ok else None
-                if value is None:
-                    return Measured(None, logs[-1][-4000:], "crash",
-                                    f"metric exited {proc.returncode} without a value")
+                                   ro_paths=[folder, *_user_paths()], result_channel=True,
+                                   artefacts=(), readonly_inside=list(readonly))
+                got = measured_from(proc, CHILD_KEY, label="metric", timeout=timeout)
+                logs.append(got.log)
+                if got.value is None:
+                    if got.kind == "no_metric":
+                        got.kind = "crash"
+                        got.message = (f"metric exited {proc.returncode} without writing a value"
+                                       " to its result channel")
+                    return got
+                value = got.value
+                wall = None if wall is None or got.wall_seconds is None else (
+                    wall + got.wall_seconds)
+                cpu = None if cpu is None or got.cpu_seconds is None else cpu + got.cpu_seconds
             total += weight * value
-        return Measured(total, "\n".join(logs)[-4000:])
+        sandboxed = any(spec is not None for spec in specs)
+        return Measured(total, "\n".join(logs)[-4000:], wall_seconds=wall if sandboxed else None,
+                        cpu_seconds=cpu if sandboxed else None, channel="fd")
 
     return run
 

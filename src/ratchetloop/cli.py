@@ -13,6 +13,7 @@ from . import experiment as experiment_mod
 from . import scores as scores_mod
 from .display import LiveReporter, history_table, print_summary
 from .errors import RatchetError
+from .hardening import make_undumpable
 from .loop import Options, run_loop
 from .proposers import registry
 
@@ -59,6 +60,7 @@ def run(experiment: str, model: str | None, iterations: int, temperature: float 
         max_output_tokens: int | None, max_cost: float | None, max_tokens: int | None,
         max_minutes: float | None, patience: int | None, target: float | None) -> None:
     """Run the loop on EXPERIMENT (a name under experiments/ or a folder)."""
+    make_undumpable()  # the keys in our memory stay out of reach of the processes we start
     exp = experiment_mod.load(experiment)
     proposer = registry.resolve(model, exp, temperature=temperature, max_tokens=max_output_tokens)
     announcement = getattr(proposer, "announcement", None)
@@ -70,7 +72,7 @@ def run(experiment: str, model: str | None, iterations: int, temperature: float 
     from .generic import session_parts
 
     with LiveReporter(console, exp, proposer.name, iterations) as live:
-        reporter, adapter = session_parts(exp, live)  # generic projects: worktrees, results.tsv
+        reporter, adapter = session_parts(exp, live)  # generic projects: branch, results.tsv
         summary = run_loop(exp, proposer, options, reporter, adapter)
     print_summary(console, exp, summary)
 
@@ -161,6 +163,8 @@ def legacy_main() -> None:
 @click.option("--timeout", type=float, default=300.0, show_default=True)
 @click.option("--unit", default=None, help="unit shown with the metric (e.g. us, %)")
 @click.option("--setup-check", default=None, help="command that must pass before the loop")
+@click.option("--check", default=None, help="command every winner must pass (e.g. your tests)")
+@click.option("--metric-fd", is_flag=True, help="read the metric only from $RATCHET_RESULT_FD")
 @click.option("--directives", default=None, help="program.md text or file")
 @click.option("--from-research", type=click.Path(exists=True), help="import a research.json")
 @click.option("--force", is_flag=True, help="overwrite an existing contract")

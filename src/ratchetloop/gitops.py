@@ -158,3 +158,108 @@ def show_file(repo: Path, commit: str, path: Path) -> str | None:
     proc = subprocess.run(["git", "show", f"{commit}:{rel}"], cwd=repo, capture_output=True,
                           text=True)
     return proc.stdout if proc.returncode == 0 else None
+
+
+# ------------------------------------------------------------------ hardened plumbing
+#
+# For generic mode (ratchetloop.generic.worktree): git is pointed at the repository's git
+# dir with explicit --git-dir/--work-tree, never at a directory a candidate wrote, and with
+# everything that could execute a program switched off on the command line.
+
+HARDENED_CONFIG = ("core.hooksPath=/dev/null", "core.fsmonitor=false",
+                   "core.untrackedCache=false", "gc.auto=0", "maintenance.auto=false",
+                   "core.pager=cat", "protocol.allow=never")
+# Variables that would redirect git away from the paths we give it, or run programs.
+_UNSAFE_GIT_ENV = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_COMMON_DIR",
+                   "GIT_OBJECT_DIRECTORY", "GIT_ALTERNATE_OBJECT_DIRECTORIES",
+                   "GIT_EXTERNAL_DIFF", "GIT_PAGER", "PAGER", "GIT_EDITOR", "EDITOR", "VISUAL",
+                   "GIT_SEQUENCE_EDITOR", "GIT_SSH", "GIT_SSH_COMMAND", "GIT_ASKPASS",
+                   "SSH_ASKPASS", "GIT_PROXY_COMMAND", "GIT_CONFIG_PARAMETERS",
+                   "GIT_CONFIG_COUNT")
+
+
+def common_dir(repo: Path) -> Path:
+    """The repository's (common) git dir, absolute."""
+    common = Path(git(repo, "rev-parse", "--git-common-dir").strip())
+    return (common if common.is_absolute() else Path(repo) / common).resolve()
+
+
+def plumb(git_dir: Path, *args: str, work_tree: Path, index: Path | None = None,
+          input: str | None = None, env: dict[str, str] | None = None,
+          check: bool = True) -> str:
+    """`git --git-dir=G --work-tree=W -c <hardening> ARGS`, run from inside G.
+
+    `work_tree` is required so git never falls back to the current directory or to
+    core.worktree; callers pass an empty directory of their own unless a command must write
+    files (checkout-index into a fresh directory). No hook, fsmonitor, pager, editor,
+    external diff, auto-gc or transport can run."""
+    base = dict(env) if env is not None else dict(os.environ)
+    clean = {k: v for k, v in base.items()
+             if k not in _UNSAFE_GIT_ENV and not k.startswith("GIT_CONFIG_KEY_")
+             and not k.startswith("GIT_CONFIG_VALUE_")}
+    clean["GIT_TERMINAL_PROMPT"] = "0"
+    if index is not None:
+        clean["GIT_INDEX_FILE"] = str(index)
+    argv = ["git", f"--git-dir={git_dir}", f"--work-tree={work_tree}", "--no-replace-objects"]
+    for item in HARDENED_CONFIG:
+        argv += ["-c", item]
+    proc = subprocess.run([*argv, *args], cwd=git_dir, capture_output=True, text=True,
+                          input=input, env=clean)
+    if check and proc.returncode != 0:
+        lines = proc.stderr.strip().splitlines()
+        reason = next((ln for ln in lines if ln.startswith(("fatal:", "error:"))),
+                      lines[-1] if lines else f"exit {proc.returncode}")
+        raise RatchetError(f"git {args[0]} failed: {reason}")
+    return proc.stdout
+
+
+def read_blobs(git_dir: Path, void: Path, commit: str, paths: Sequence[str]) -> dict[str, str]:
+    """Files of `commit` as stored (no filters, no textconv); "" for a missing path."""
+    return {p: plumb(git_dir, "cat-file", "blob", f"{commit}:{p}", work_tree=void, check=False)
+            for p in paths}
+
+
+def export_tree(git_dir: Path, commit: str, dest: Path, index: Path) -> None:
+    """A fresh checkout of `commit` into the empty directory `dest` (a private index file,
+    never the repository's). Smudge/eol filters the user configured apply, exactly as in
+    their own checkout of that commit."""
+    index.unlink(missing_ok=True)
+    plumb(git_dir, "read-tree", commit, work_tree=dest, index=index)
+    plumb(git_dir, "checkout-index", "--all", "--force", "--quiet", work_tree=dest, index=index)
+    index.unlink(missing_ok=True)
+
+
+def commit_files(repo: Path, git_dir: Path, void: Path, branch: str,
+                 files: dict[str, str], message: str, index: Path) -> str:
+    """One commit on `branch` replacing exactly `files` in its tip's tree, without a work
+    tree: hash-object (no filters), a private index, write-tree, commit-tree and a
+    compare-and-swap update-ref. No hook runs. Returns the short hash (the tip itself
+    when nothing changed)."""
+    ref = f"refs/heads/{branch}"
+    parent = plumb(git_dir, "rev-parse", "--verify", f"{ref}^{{commit}}", work_tree=void).strip()
+    index.unlink(missing_ok=True)
+    try:
+        plumb(git_dir, "read-tree", parent, work_tree=void, index=index)
+        listed = plumb(git_dir, "ls-tree", "-z", parent, "--", *files, work_tree=void)
+        modes = {}
+        for entry in filter(None, listed.split("\0")):
+            meta, path = entry.split("\t", 1)
+            modes[path] = meta.split()[0]
+        for path, text in sorted(files.items()):
+            mode = modes.get(path, "100644")
+            if mode not in ("100644", "100755"):
+                raise RatchetError(f"{path} is not a regular file in {branch} ({mode})")
+            sha = plumb(git_dir, "hash-object", "-w", "--no-filters", "--stdin",
+                        work_tree=void, input=text).strip()
+            plumb(git_dir, "update-index", "--add", "--cacheinfo", f"{mode},{sha},{path}",
+                  work_tree=void, index=index)
+        tree = plumb(git_dir, "write-tree", work_tree=void, index=index).strip()
+    finally:
+        index.unlink(missing_ok=True)
+    if tree == plumb(git_dir, "rev-parse", f"{parent}^{{tree}}", work_tree=void).strip():
+        return parent[:7]
+    commit = plumb(git_dir, "commit-tree", tree, "-p", parent, "-F", "-", work_tree=void,
+                   input=message, env=_identity_env(repo)).strip()
+    plumb(git_dir, "update-ref", "-m", "ratchet: accept winner", ref, commit, parent,
+          work_tree=void)
+    return commit[:7]

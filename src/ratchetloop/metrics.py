@@ -5,10 +5,18 @@ objects: the loop pickles them by reference and runs them in a sandboxed child p
 like any metric function. LLMJudge is the exception (`in_process = True`): it never
 executes candidate code -- it only sends the file's text to a model -- and it needs the
 network and an API key, which the sandbox withholds, so it runs in the loop's process.
+
+The child hands its value to the loop on the sandbox's result channel (generic/child.py).
+CommandNumber gives the command it runs a result channel of its own, the same
+$RATCHET_RESULT_FD protocol as a run command: when the command writes exactly one number
+there, that is the value and its output is not read; two values or garbage there is an
+error. `unit` says what a metric measures; LatencyMetric's "s" lets the loop apply its
+plausibility rule (a time that falls while the CPU time rises) -- see the docs.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import statistics
 import subprocess
@@ -17,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .generic.contract import MetricSpec, read_metric
+from .generic.contract import MetricSpec, read_channel, read_metric
 
 
 class Metric:
@@ -25,6 +33,7 @@ class Metric:
 
     in_process = False
     higher_is_better: bool | None = None
+    unit = ""
 
     def __call__(self, target: str) -> float:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -36,12 +45,50 @@ def _run(command: str, target: str, timeout: float) -> subprocess.CompletedProce
                           cwd=Path(target).parent if Path(target).is_file() else None)
 
 
+def _run_with_channel(command: str, target: str,
+                      timeout: float) -> tuple[subprocess.CompletedProcess[str], bytes]:
+    """_run, with a result channel: a pipe whose write end the command gets as fd 3 (the
+    sandbox's convention: `>&3` in sh needs a one-digit fd); returns what it wrote there.
+    Python opens descriptors close-on-exec, so besides stdio the command gets only fd 3."""
+    read_end, write_end = os.pipe()
+    try:
+        env = {**os.environ, "RATCHET_RESULT_FD": "3"}
+        argv = command.replace("{target}", target)
+        with subprocess.Popen(argv, shell=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=env, close_fds=False,
+                              preexec_fn=lambda: os.dup2(write_end, 3),
+                              cwd=Path(target).parent if Path(target).is_file() else None
+                              ) as proc:
+            os.close(write_end)
+            write_end = -1
+            try:
+                out, err = proc.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                raise
+            chunks = []
+            os.set_blocking(read_end, False)
+            try:
+                while chunk := os.read(read_end, 4096):
+                    chunks.append(chunk)
+                    if sum(map(len, chunks)) > 4096:
+                        break
+            except BlockingIOError:
+                pass
+        return subprocess.CompletedProcess(argv, proc.returncode, out, err), b"".join(chunks)
+    finally:
+        os.close(read_end)
+        if write_end >= 0:
+            os.close(write_end)
+
+
 class LatencyMetric(Metric):
     """Wall time of a command: `warmup` unmeasured runs, then the median of `runs` (robust
     to the odd slow run a shared host makes). Seconds; lower is better. A failing run raises,
     which the loop records as a crash."""
 
     higher_is_better = False
+    unit = "s"
 
     def __init__(self, command: str, runs: int = 5, warmup: int = 1,
                  timeout: float = 60.0) -> None:
@@ -62,7 +109,8 @@ class LatencyMetric(Metric):
 
 
 class CommandNumber(Metric):
-    """A number a test command prints: the last one, or group 1 of `pattern`."""
+    """A number a test command reports: exactly one number on $RATCHET_RESULT_FD when it
+    writes there, else the last number it prints, or group 1 of `pattern`."""
 
     def __init__(self, command: str, pattern: str | None = None, timeout: float = 300.0,
                  higher_is_better: bool | None = True) -> None:
@@ -70,8 +118,12 @@ class CommandNumber(Metric):
         self.spec = MetricSpec(kind="regex", pattern=pattern) if pattern else MetricSpec()
 
     def __call__(self, target: str) -> float:
-        proc = _run(self.command, target, self.timeout)
-        value = read_metric(proc.stdout, self.spec)
+        proc, channel = _run_with_channel(self.command, target, self.timeout)
+        value, why = read_channel(channel)
+        if why:
+            raise RuntimeError(f"`{self.command}`: {why}")
+        if value is None:
+            value = read_metric(proc.stdout, self.spec)
         if proc.returncode != 0 or value is None:
             raise RuntimeError(f"`{self.command}` exited {proc.returncode} with no metric: "
                                f"{(proc.stderr or proc.stdout)[-500:]}")

@@ -2,21 +2,48 @@
 
 Nothing here is a second loop. The core's iterate() still builds the prompt, asks the
 proposer, dedups, checks security, decides, records memory and scores; this adapter only
-(1) turns a reply into a bundle of editable files, (2) runs the user's command in git
-worktrees -- candidate and incumbent interleaved, round after round, inside the sandbox --
-and returns the same samples[case][impl] an eval.py would, (3) compares (zero-variance
-metrics are decided on the effect size), (4) applies the size rule and (5) commits
-winners on the ratchet/<tag> branch.
+(1) turns a reply into a bundle of editable files, (2) runs the user's command -- candidate
+and incumbent interleaved, round after round, each run in the sandbox on a fresh copy of
+exactly the tree being judged (worktree.py) -- and returns the same samples[case][impl] an
+eval.py would, (3) compares (zero-variance metrics are decided on the effect size),
+(4) applies the size rule, (5) gates every would-be winner on the outside measurement and
+on the contract's check command, and (6) commits winners on the ratchet/<tag> branch.
+
+The verdict wall, as far as generic mode can build it
+-----------------------------------------------------
+* Each run: a clean copy (no state survives a run), read-only files read-only inside the
+  sandbox and hash-checked afterwards, nothing copied back. A run that changed a read-only
+  file, or crashed on a blocked write to one, fails with kind `integrity`.
+* The metric: from the result channel when the project uses it (contract.py explains
+  "auto"/"fd"/"output"); a second value or garbage there is `integrity`; a candidate run
+  that reports on a different channel from the trusted runs is `integrity`.
+* Outside measurement: every run's wall and CPU seconds (the sandbox measures the whole
+  process tree from outside) are kept beside the metric in result.json (info.outside).
+  Plausibility rule: when the metric is a time (unit s/ms/us/ns, or `metric_is_time`) and a
+  candidate would be accepted as better on it while the paired test (measure.compare on
+  the same interleaved runs) finds its command's CPU time measurably worse -- significant
+  and at least min_effect -- the claim contradicts what was measured from outside. The
+  winner is flagged (decision.json reasons, the SCORES/results.tsv note) or, with
+  `"implausible": "reject"`, rejected with kind `implausible`. While the CPU question is
+  still open for a would-be winner (too few rounds to be significant, estimate worse by
+  min_effect), up to PLAUSIBILITY_ROUNDS rounds are taken. Limits: a forger that keeps the
+  CPU time unchanged (or a metric that is not a time) passes; total CPU includes untimed
+  setup, so an honest candidate that moves work out of the timed region is flagged too
+  (which is usually what you want to know).
+* `check_command`: runs in the sandbox on its own clean copy of every would-be winner;
+  anything but exit 0 is a failure of kind `check` with the log tail for the model.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import random
+import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, replace
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from .. import benchlock, gitops, measure, sandbox
@@ -24,27 +51,70 @@ from ..errors import RatchetError
 from ..evaluate import EvalResult, Failure
 from ..experiment import Acceptance, Experiment
 from ..extract import Extracted, ExtractionError
+from ..lock import experiment_lock
 from ..proposers.base import ProposalFailed
 from ..proposers.replay import ReplayProposer
-from .contract import GenericSpec, read_metric, spec_of
-from .edits import apply_reply, code_lines, from_bundle, to_bundle
+from .contract import (
+    GenericSpec,
+    MetricSpec,
+    is_time_metric,
+    metric_from_output,
+    read_channel,
+    spec_of,
+)
+from .edits import apply_reply, code_lines, files_of, from_bundle, to_bundle
 from .worktree import Worktrees
 
 CASE = "metric"
 FIXABLE = {"crash", "no_metric", "timeout"}
+PLAUSIBILITY_ROUNDS = 10  # rounds a would-be winner with a rising CPU time may be given
+BLOCKED = ("Read-only file system", "Permission denied", "Operation not permitted",
+           "Device or resource busy")
+FD = "$RATCHET_RESULT_FD"
 
 
 @dataclass
 class Measured:
-    """One run of the metric in one directory."""
+    """One run of the metric in one directory, with what the sandbox saw from outside."""
 
     value: float | None
     log: str
-    kind: str = ""  # crash, no_metric, timeout when value is None
+    kind: str = ""  # crash, no_metric, timeout, integrity when value is None
     message: str = ""
+    wall_seconds: float | None = None
+    cpu_seconds: float | None = None
+    channel: str = ""  # where the value came from: "fd" or "output"
 
 
 Measure = Callable[[Path], Measured]
+
+
+def measured_from(proc: sandbox.SandboxResult, metric: MetricSpec, *, label: str = "run command",
+                  timeout: float = 0.0) -> Measured:
+    """A sandboxed run's metric: the result channel first, the output only as the contract
+    allows (see contract.py); strict about what is on the channel."""
+    log = (proc.stdout + ("\n" + proc.stderr if proc.stderr else ""))[-8000:]
+    seen = {"wall_seconds": proc.wall_seconds, "cpu_seconds": getattr(proc, "cpu_seconds", None)}
+    if proc.timed_out:
+        return Measured(None, log, "timeout", f"{label} exceeded {timeout:.0f}s", **seen)
+    if proc.error:
+        return Measured(None, log, "crash", f"sandbox failed: {proc.error}", **seen)
+    if proc.returncode != 0:
+        return Measured(None, log, "crash", f"{label} exited {proc.returncode}", **seen)
+    if metric.channel != "output":
+        value, why = read_channel(getattr(proc, "result", None))
+        if why:
+            return Measured(None, log, "integrity", why, **seen)
+        if value is not None:
+            return Measured(value, log, channel="fd", **seen)
+        if metric.channel == "fd":
+            return Measured(None, log, "no_metric",
+                            f"nothing written to {FD} (the contract's metric.channel is fd)",
+                            **seen)
+    value = metric_from_output(proc.stdout, proc.stderr, metric)
+    if value is None:
+        return Measured(None, log, "no_metric", f"no metric ({metric.kind}) in output", **seen)
+    return Measured(value, log, channel="output", **seen)
 
 
 def command_measure(spec: GenericSpec, timeout: float, target: str) -> Measure:
@@ -52,21 +122,22 @@ def command_measure(spec: GenericSpec, timeout: float, target: str) -> Measure:
     command = spec.run_command.replace("{target}", target)
 
     def run(cwd: Path) -> Measured:
-        proc = sandbox.run(["/bin/sh", "-c", command], cwd=cwd, timeout=timeout)
-        log = (proc.stdout + ("\n" + proc.stderr if proc.stderr else ""))[-8000:]
-        if proc.timed_out:
-            return Measured(None, log, "timeout", f"run command exceeded {timeout:.0f}s")
-        if proc.error:
-            return Measured(None, log, "crash", f"sandbox failed: {proc.error}")
-        if proc.returncode != 0:
-            return Measured(None, log, "crash", f"run command exited {proc.returncode}")
-        value = read_metric(proc.stdout, spec.metric) or read_metric(proc.stdout + proc.stderr,
-                                                                     spec.metric)
-        if value is None:
-            return Measured(None, log, "no_metric", f"no metric ({spec.metric.kind}) in output")
-        return Measured(value, log)
+        proc = sandbox.run(["/bin/sh", "-c", command], cwd=cwd, timeout=timeout,
+                           result_channel=spec.metric.channel != "output", artefacts=(),
+                           readonly_inside=list(spec.readonly))
+        return measured_from(proc, spec.metric, timeout=timeout)
 
     return run
+
+
+def blocked_write(log: str, readonly: list[str]) -> str | None:
+    """The read-only file a crashed run was refused writing to, if its log says so."""
+    for line in log.splitlines():
+        if any(text in line for text in BLOCKED):
+            for rel in readonly:
+                if rel in line or f"'{PurePosixPath(rel).name}'" in line:
+                    return rel
+    return None
 
 
 class GenericAdapter:
@@ -78,23 +149,32 @@ class GenericAdapter:
                                                      self.spec.editable[0])
         self.sizes: tuple[int, int] = (0, 0)  # incumbent, candidate non-blank lines
         self.metric_seconds = 0.0  # time spent inside the metric (for the overhead bench)
+        self.channel: str | None = None  # "fd"/"output" as the trusted runs report ("auto")
+        self.flag: str | None = None  # this evaluation's implausibility finding
 
     # ------------------------------------------------------------------ setup
 
     def prepare(self) -> None:
-        """Branch + worktrees; seed bundle from the branch base; the setup check, once."""
+        """Branch + pristine export; seed bundle from the branch base; the setup check and
+        the check command on the incumbent, once."""
         self._check_clean()
-        created = self.trees.prepare()
+        with experiment_lock(self.exp.root, "prepare"):  # a running loop uses these copies
+            created = self.trees.prepare(self.spec.editable, self.spec.readonly)
         seed = self.exp.naive_path
         if created or not seed.is_file():
             seed.write_text(to_bundle(self.trees.base_files(self.spec.editable)), "utf-8")
+        incumbent = self.trees.tip_files(self.spec.editable)
         if self.spec.setup_check:
-            proc = sandbox.run(["/bin/sh", "-c", self.spec.setup_check],
-                               cwd=self.trees.dir("best"), timeout=self.exp.timeout_seconds)
-            if not proc.ok:
-                output = (proc.stdout + proc.stderr)[-3000:]
+            ok, log = self._sandboxed(self.spec.setup_check, "setup", incumbent)
+            if not ok:
                 raise RatchetError(f"setup check `{self.spec.setup_check}` failed"
-                                   f" (exit {proc.returncode}):\n{output}")
+                                   f" ({ok_text(log)}):\n{log.text[-3000:]}")
+        if self.spec.check_command:
+            ok, log = self._sandboxed(self.spec.check_command, "check", incumbent)
+            if not ok:
+                raise RatchetError(f"check `{self.spec.check_command}` fails on the current"
+                                   f" best of {self.trees.branch} ({ok_text(log)}); every winner"
+                                   f" must pass it, so fix that first:\n{log.text[-3000:]}")
 
     def _check_clean(self) -> None:
         paths = [self.repo / p for p in self.spec.editable + self.spec.readonly]
@@ -104,15 +184,28 @@ class GenericAdapter:
             raise RatchetError("uncommitted changes in files the loop reads:\n" + dirty +
                                "\ncommit or stash them: the loop starts from your last commit")
 
+    def _sandboxed(self, command: str, impl: str, files: dict[str, str]) -> tuple[bool, Any]:
+        """A command (setup check, check) in the sandbox on a fresh copy of base + files."""
+        cwd = self.trees.fresh(impl, files)
+        try:
+            proc = sandbox.run(["/bin/sh", "-c", command], cwd=cwd,
+                               timeout=self.exp.timeout_seconds, artefacts=(),
+                               readonly_inside=list(self.spec.readonly))
+        finally:
+            self.trees.discard(cwd)
+        return proc.ok, _Log(proc)
+
     # ------------------------------------------------------------------ loop seams
 
     def extract(self, text: str, base: dict[str, str] | None = None) -> Extracted:
-        base = base if base is not None else self.trees.read("best", self.spec.editable)
+        base = base if base is not None else self.trees.tip_files(self.spec.editable)
         return apply_reply(text, base, self.spec.editable, self.exp.target.language)
 
     def evaluate(self, s: Any, n: int, candidate: Extracted, references: dict[str, str],
                  run: Any) -> EvalResult:
-        """Run; on a crash show the model the log tail and let it fix its idea (twice)."""
+        """Run; on a crash show the model the log tail and let it fix its idea (twice);
+        then the winner gate (plausibility, check command)."""
+        self.flag = None
         result = self.run_eval(self.exp, candidate.source, references, seed=n)
         for attempt in range(1, self.spec.fix_attempts + 1):
             f = result.failure
@@ -138,6 +231,8 @@ class GenericAdapter:
             result = self.run_eval(self.exp, candidate.source, references, seed=n)
         inc = from_bundle(references.get("best", self.exp.naive_path.read_text("utf-8")))
         self.sizes = (code_lines(inc), code_lines(from_bundle(candidate.source)))
+        if result.ok and "best" in references:
+            result = self._gate(candidate, result, run)
         return result
 
     def _can_fix(self, s: Any) -> bool:
@@ -146,11 +241,18 @@ class GenericAdapter:
     def run_eval(self, exp: Experiment, candidate_source: str, references: dict[str, str], *,
                  validate: bool = True, benchmark: bool = True, seed: int = 0,
                  keep_workdir: Path | None = None) -> EvalResult:
-        """Candidate and references run interleaved (random order per round) until decided."""
+        """Candidate and references run interleaved (random order per round) until decided;
+        each run on a fresh copy of its tree."""
         impls = {"candidate": candidate_source, **references}
-        dirs = {name: self.trees.materialise(name, from_bundle(src))
-                for name, src in impls.items()}
+        try:
+            files = {name: files_of(src, self.spec.editable) for name, src in impls.items()}
+        except ExtractionError as exc:
+            return EvalResult(ok=False, phase="run",
+                              failure=Failure(kind=exc.kind, message=exc.message))
         samples: dict[str, list[float]] = {name: [] for name in impls}
+        outside: dict[str, dict[str, list[Any]]] = {
+            name: {"wall_seconds": [], "cpu_seconds": [], "channel": []} for name in impls}
+        trusted = [name for name in impls if name != "candidate"] or ["candidate"]
         logs: dict[str, str] = {}
         acc, rng, start = exp.acceptance, random.Random(seed), time.monotonic()
         with benchlock.bench_lock(exp.name):
@@ -161,39 +263,100 @@ class GenericAdapter:
                     order = list(impls)
                     rng.shuffle(order)
                     for name in order:
-                        clock = time.monotonic()
-                        m = self.measure(dirs[name])
-                        self.metric_seconds += time.monotonic() - clock
+                        m = self._run_one(name, files[name])
                         logs[name] = m.log
+                        for key in ("wall_seconds", "cpu_seconds", "channel"):
+                            outside[name][key].append(getattr(m, key))
                         if m.value is None:
-                            return self._failed(name, m, logs)
+                            return self._failed(name, m, logs, outside)
                         samples[name].append(m.value)
-                if not self._more(samples, references, acc, exp.lower_is_better,
+                    why = self._channel_mismatch(outside, trusted)
+                    if why:
+                        m = Measured(None, logs["candidate"], "integrity", why)
+                        return self._failed("candidate", m, logs, outside)
+                if not self._more(samples, outside, references, acc, exp.lower_is_better,
                                   time.monotonic() - start):
                     break
         return EvalResult(ok=True, samples={CASE: samples}, rounds=len(samples["candidate"]),
                           unit=exp.unit, logs={f"{k}_last": v for k, v in logs.items()},
-                          wall_seconds=time.monotonic() - start)
+                          wall_seconds=time.monotonic() - start, info={"outside": outside})
 
-    def _failed(self, name: str, m: Measured, logs: dict[str, str]) -> EvalResult:
+    def _run_one(self, name: str, files: dict[str, str]) -> Measured:
+        """One run on a fresh copy; a read-only file changed or a blocked write to one is an
+        integrity failure."""
+        cwd = self.trees.fresh(name, files)
+        try:
+            clock = time.monotonic()
+            m = self.measure(cwd)
+            self.metric_seconds += time.monotonic() - clock
+            changed = self.trees.changed_readonly(cwd)
+        finally:
+            self.trees.discard(cwd)
+        if changed:
+            return replace(m, value=None, kind="integrity",
+                           message=f"the run changed read-only file(s) {', '.join(changed)}")
+        hit = blocked_write(m.log, self.spec.readonly) if m.kind == "crash" else None
+        if hit:
+            return replace(m, kind="integrity",
+                           message=f"tried to modify read-only {hit} (blocked): {m.message}")
+        return m
+
+    def _channel_mismatch(self, outside: dict[str, dict[str, list[Any]]],
+                          trusted: list[str]) -> str:
+        """'auto': a candidate run must report where the trusted runs report."""
+        if self.spec.metric.channel != "auto":
+            return ""
+        if self.channel is None:
+            seen = [c for name in trusted for c in outside[name]["channel"] if c]
+            self.channel = seen[0] if seen else None
+        if self.channel is None or "candidate" in trusted:
+            return ""
+        if any(c and c != self.channel for c in outside["candidate"]["channel"]):
+            if self.channel == "fd":
+                return (f"the benchmark reports on {FD}, but this run wrote nothing there and"
+                        " its number came from the output (stdout is not trusted)")
+            return (f"this run wrote to {FD}, which the benchmark does not use (it prints its"
+                    " metric): a value there can only come from the candidate")
+        return ""
+
+    def _failed(self, name: str, m: Measured, logs: dict[str, str],
+                outside: dict[str, Any] | None = None) -> EvalResult:
         if name != "candidate":
             kind, message = "reference_failed", f"the {name} reference failed: {m.message}"
         else:
             kind, message = m.kind, m.message
         return EvalResult(ok=False, phase="run", logs={f"{name}_last": m.log},
+                          info={"outside": outside or {}},
                           failure=Failure(kind=kind, message=message, detail=m.log[-2000:]))
 
-    def _more(self, samples: dict[str, list[float]], references: dict[str, str],
-              acc: Acceptance, lower: bool, elapsed: float) -> bool:
+    def _more(self, samples: dict[str, list[float]], outside: dict[str, dict[str, list[Any]]],
+              references: dict[str, str], acc: Acceptance, lower: bool, elapsed: float) -> bool:
         n = len(samples["candidate"])
         if not references:
             return n < min(acc.min_rounds, 3) or (n < acc.min_rounds and not _constant(
                 samples["candidate"]))
         ref = samples["best"] if "best" in samples else samples[next(iter(references))]
-        if _constant(samples["candidate"]) and _constant(ref):
+        if not (_constant(samples["candidate"]) and _constant(ref)):
+            c, r = positive(samples["candidate"], ref)
+            if measure.needs_more_rounds({CASE: c}, {CASE: r}, acc, lower, elapsed):
+                return True
+        return self._cpu_question_open(samples, outside, acc, lower, elapsed)
+
+    def _cpu_question_open(self, samples: dict[str, list[float]],
+                           outside: dict[str, dict[str, list[Any]]], acc: Acceptance,
+                           lower: bool, elapsed: float) -> bool:
+        """A would-be winner whose CPU time looks worse gets rounds until the test can tell."""
+        n = len(samples["candidate"])
+        if ("best" not in samples or n >= min(acc.max_rounds, PLAUSIBILITY_ROUNDS)
+                or elapsed >= acc.max_seconds
+                or not is_time_metric(self.spec, self.exp.unit, lower)):
             return False
-        c, r = positive(samples["candidate"], ref)
-        return measure.needs_more_rounds({CASE: c}, {CASE: r}, acc, lower, elapsed)
+        cpu = _cpu_pairs(outside)
+        if cpu is None or self.compare(samples["candidate"], samples["best"], acc,
+                                       lower).verdict != "better":
+            return False
+        ratio = statistics.median(a / b for a, b in zip(*cpu, strict=True))
+        return ratio >= 1 + acc.min_effect and cpu_comparison(*cpu, acc).verdict != "worse"
 
     def compare(self, cand: list[float], ref: list[float], acc: Acceptance,
                 lower: bool) -> measure.Comparison:
@@ -208,7 +371,11 @@ class GenericAdapter:
         return out
 
     def accepts(self, overall: measure.Comparison) -> bool:
-        """The paired verdict, then the size rule (see contract.SizeRule)."""
+        """The paired verdict, then the size rule (see contract.SizeRule); a flagged
+        implausible winner is noted in the reasons (decision.json)."""
+        if self.flag:
+            overall.reasons.append(f"implausible (flagged; contract implausible=flag):"
+                                   f" {self.flag}")
         rule, (before, after) = self.spec.size_rule, self.sizes
         min_effect = self.exp.acceptance.min_effect
         gain = overall.speedup - 1 if math.isfinite(overall.speedup) else math.inf
@@ -226,8 +393,102 @@ class GenericAdapter:
             return True
         return False
 
+    # ------------------------------------------------------------------ the winner gate
+
+    def _gate(self, candidate: Extracted, result: EvalResult, run: Any) -> EvalResult:
+        """Only for a would-be winner: the plausibility rule, then the check command."""
+        samples, acc = result.samples[CASE], self.exp.acceptance
+        overall = self.compare(samples["candidate"], samples["best"], acc,
+                               self.exp.lower_is_better)
+        if not self.accepts(copy.deepcopy(overall)):
+            return result
+        finding = self._plausibility(overall, result.info.get("outside", {}))
+        result.info["plausibility"] = finding
+        if finding.get("implausible"):
+            self.flag = finding["text"]
+            if self.spec.implausible == "reject":
+                overall.reasons.append(f"implausible (rejected; contract implausible=reject):"
+                                       f" {self.flag}")
+                run.json("decision.json", {"is_best": False, "overall": overall.to_dict(),
+                                           "plausibility": finding})
+                result.ok = False
+                result.failure = Failure(kind="implausible", message=self.flag,
+                                         detail=result.logs.get("candidate_last", "")[-2000:])
+                return result
+            candidate.note = f"{candidate.note} [implausible: {finding['short']}]"
+        if self.spec.check_command:
+            ok, log = self._sandboxed(self.spec.check_command, "check",
+                                      files_of(candidate.source, self.spec.editable))
+            result.logs["check"] = log.text
+            if not ok:
+                result.ok = False
+                result.failure = Failure(
+                    kind="check", detail=log.text[-2000:],
+                    message=f"check `{self.spec.check_command}` failed ({ok_text(log)})")
+        return result
+
+    def _plausibility(self, overall: measure.Comparison,
+                      outside: dict[str, dict[str, list[Any]]]) -> dict[str, Any]:
+        acc = self.exp.acceptance
+        if overall.verdict != "better":
+            return {"checked": False, "why": "accepted by the size rule, not as better"}
+        if not is_time_metric(self.spec, self.exp.unit, self.exp.lower_is_better):
+            return {"checked": False, "why": f"the metric ({self.exp.unit or 'no unit'}) is"
+                    " not a time where lower is better (set generic.metric_is_time)"}
+        cpu = _cpu_pairs(outside)
+        if cpu is None:
+            return {"checked": False, "why": "the sandbox did not measure CPU time"}
+        cmp = cpu_comparison(*cpu, acc)
+        worse = cmp.verdict == "worse" and cmp.ratio >= 1 + acc.min_effect
+        finding: dict[str, Any] = {
+            "checked": True, "implausible": worse, "cpu": cmp.to_dict(),
+            "metric_speedup": overall.speedup, "action": self.spec.implausible}
+        if worse:
+            finding["short"] = (f"metric x{overall.speedup:.2f} better, CPU x{cmp.ratio:.2f}"
+                                " worse")
+            finding["text"] = (
+                f"the metric claims x{overall.speedup:.2f} better, but the command's CPU time"
+                f" went x{cmp.ratio:.2f} [{cmp.ci_low:.2f}, {cmp.ci_high:.2f}] up over the same"
+                f" {cmp.rounds} interleaved runs (measured outside the command)")
+        return finding
+
     def commit(self, candidate: Extracted, message: str) -> str:
-        return self.trees.commit(from_bundle(candidate.source), message)
+        return self.trees.commit(files_of(candidate.source, self.spec.editable), message)
+
+
+class _Log:
+    """What a setup/check run left: its output tail and how it ended."""
+
+    def __init__(self, proc: sandbox.SandboxResult) -> None:
+        self.text = (proc.stdout + ("\n" + proc.stderr if proc.stderr else ""))[-8000:]
+        self.proc = proc
+
+
+def ok_text(log: _Log) -> str:
+    p = log.proc
+    if p.timed_out:
+        return "timed out"
+    if p.error:
+        return f"sandbox failed: {p.error}"
+    return f"exit {p.returncode}"
+
+
+def _cpu_pairs(outside: dict[str, dict[str, list[Any]]]) -> tuple[list[float], list[float]] | None:
+    c = outside.get("candidate", {}).get("cpu_seconds", [])
+    r = outside.get("best", {}).get("cpu_seconds", [])
+    n = min(len(c), len(r))
+    if n < 3 or any(not (isinstance(v, int | float) and v > 0) for v in c[:n] + r[:n]):
+        return None
+    return [float(v) for v in c[:n]], [float(v) for v in r[:n]]
+
+
+def cpu_comparison(cand: list[float], ref: list[float], acc: Acceptance) -> measure.Comparison:
+    """measure.compare on CPU seconds as ONE look at the acceptance's confidence (the
+    sequential schedule belongs to the metric; this is a single after-the-fact test)."""
+    n = min(len(cand), len(ref))
+    once = Acceptance(min_effect=acc.min_effect, confidence=acc.confidence, min_rounds=n,
+                      max_rounds=n, batch_rounds=n, max_seconds=acc.max_seconds)
+    return measure.compare(cand[:n], ref[:n], once, lower_is_better=True, final=True)
 
 
 # ---------------------------------------------------------------------- statistics

@@ -10,7 +10,7 @@ import click
 
 from ..errors import RatchetError
 from .contract import MetricSpec
-from .init import from_research_json, init_project
+from .init import FD_SNIPPET, from_research_json, init_project
 
 
 def init_command(flags: dict[str, Any], cwd: Path | None = None) -> str:
@@ -21,6 +21,7 @@ def init_command(flags: dict[str, Any], cwd: Path | None = None) -> str:
         "tag": flags.get("tag"), "run_command": flags.get("run_command"),
         "timeout": flags.get("timeout") if flags.get("timeout") != 300.0 else None,
         "setup_check": flags.get("setup_check"), "directives": flags.get("directives"),
+        "check_command": flags.get("check"),
         "unit": flags.get("unit"),
         "higher_is_better": flags.get("higher_is_better"),
         "editable": list(flags.get("editable") or []) or None,
@@ -28,15 +29,28 @@ def init_command(flags: dict[str, Any], cwd: Path | None = None) -> str:
     }
     values.update({k: v for k, v in given.items() if v is not None})
     ask(values)
-    if flags.get("metric_regex"):
-        values["metric"] = MetricSpec(kind="regex", pattern=flags["metric_regex"])
-    elif flags.get("metric_json"):
-        values["metric"] = MetricSpec(kind="json_key", key=flags["metric_json"])
+    channel = "fd" if flags.get("metric_fd") else "auto"
     try:
+        if flags.get("metric_regex"):
+            values["metric"] = MetricSpec(kind="regex", pattern=flags["metric_regex"],
+                                          channel=channel)
+        elif flags.get("metric_json"):
+            values["metric"] = MetricSpec(kind="json_key", key=flags["metric_json"],
+                                          channel=channel)
+        else:
+            values["metric"] = MetricSpec(channel=channel)
         folder = init_project(cwd or Path.cwd(), force=bool(flags.get("force")), **values)
     except ValueError as exc:
         raise RatchetError(str(exc).splitlines()[-1] if str(exc) else "invalid contract") from None
+    where = ("the metric is read ONLY from $RATCHET_RESULT_FD (--metric-fd)" if channel == "fd"
+             else "the metric is read from $RATCHET_RESULT_FD when your benchmark writes"
+                  " there, else from its output")
+    check = (f"every winner must pass `{values['check_command']}`"
+             if values.get("check_command") else
+             "no --check: add one (e.g. your tests) so a winner that games the metric is"
+             " caught before it is committed")
     return (f"wrote {folder}/ (experiment.json, program.md, prompt.py, security.py)\n"
+            f"{where}; {check}.\n{FD_SNIPPET}"
             f"edit program.md, then: ratchet run {values['tag']} --model <model> --loop 20")
 
 

@@ -1,8 +1,32 @@
 """The generic-mode contract (experiment.json's "generic" block) and how a metric is read.
 
-A generic project is an ordinary experiment whose eval step runs the user's command in a
-git worktree; this block says which files the model may edit, what it may read, what to
-run and how to read one number out of the run's output.
+A generic project is an ordinary experiment whose eval step runs the user's command on a
+clean copy of the tree being judged; this block says which files the model may edit, what
+it may read, what to run, how to read one number out of the run, what independent check a
+winner must pass, and what to do with a winner whose claim the outside measurement
+contradicts.
+
+Where the metric comes from (`metric.channel`)
+----------------------------------------------
+The candidate runs inside the user's own benchmark process, so it can print anything --
+including a forged metric line from `atexit` -- and a "last match wins" reader would take
+it. So the sandbox gives the command a second, write-only channel, file descriptor
+`$RATCHET_RESULT_FD` (3), whose bytes come back apart from stdout/stderr:
+
+* "fd": the value MUST come from the channel; stdout is never read for it.
+* "auto" (default): the channel when the benchmark writes there, else the output. Which of
+  the two the project uses is learned from the trusted runs (the seed and the incumbent)
+  and a candidate run must use the same one: a candidate that writes to the channel of a
+  benchmark that only prints, or silences the channel of one that writes there and prints
+  a number instead, is an `integrity` failure (see adapter.channel_mismatch).
+* "output": the channel is not opened; the output is read as `kind` says.
+
+Reading the channel is strict: exactly one number (surrounding whitespace allowed).
+Anything else -- two values (a candidate wrote one of its own), text, NaN -- is an
+`integrity` failure, never a best guess. This makes forgery hard and visible, not
+impossible: code in the benchmark's process can still reach the descriptor or patch the
+clock the benchmark reads; the outside measurement and `check_command` are the other
+guards (see docs/your-own-project.md).
 """
 
 from __future__ import annotations
@@ -10,13 +34,18 @@ from __future__ import annotations
 import json
 import math
 import re
+from pathlib import PurePosixPath
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..experiment import Experiment
 
 NUMBER = re.compile(r"[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?")
+TIME_UNITS = {"s", "sec", "secs", "second", "seconds", "ms", "msec", "us", "usec", "\u00b5s",
+              "ns", "nsec"}
+GIT_SPECIAL = {".gitattributes", ".gitmodules"}
+CHANNEL_MAX = 64  # bytes; a metric is one number
 
 
 class Strict(BaseModel):
@@ -30,6 +59,7 @@ class MetricSpec(Strict):
     kind: Literal["last_number", "regex", "json_key"] = "last_number"
     pattern: str | None = None
     key: str | None = None
+    channel: Literal["auto", "fd", "output"] = "auto"
 
     @model_validator(mode="after")
     def _complete(self) -> MetricSpec:
@@ -66,6 +96,43 @@ class GenericSpec(Strict):
     no_new_dependencies: bool = False
     edit_blocks_above_lines: int = Field(
         200, description="files longer than this are edited with SEARCH/REPLACE blocks")
+    check_command: str | None = Field(
+        None, description="must exit 0 on a clean copy of every winner before it is committed")
+    implausible: Literal["flag", "reject"] = Field(
+        "flag", description="a time metric that got better while the command's CPU time got"
+        " measurably worse: flag the winner, or reject it")
+    metric_is_time: bool | None = Field(
+        None, description="the metric is a time (lower is better); None: from the unit")
+
+    @field_validator("editable", "readonly")
+    @classmethod
+    def _plain_paths(cls, paths: list[str]) -> list[str]:
+        for path in paths:
+            parts = PurePosixPath(path).parts
+            if (not parts or PurePosixPath(path).is_absolute() or ".." in parts
+                    or ".git" in parts or "\\" in path or "\n" in path):
+                raise ValueError(f"{path!r}: use a relative path inside the repository")
+        return paths
+
+    @model_validator(mode="after")
+    def _editable_is_not_git_metadata(self) -> GenericSpec:
+        special = [p for p in self.editable if PurePosixPath(p).name in GIT_SPECIAL]
+        if special:
+            raise ValueError(f"{', '.join(special)} cannot be editable: git runs the drivers"
+                             " they name when it commits")
+        both = sorted(set(self.editable) & set(self.readonly))
+        if both:
+            raise ValueError(f"{', '.join(both)} cannot be both editable and read-only")
+        return self
+
+
+def is_time_metric(spec: GenericSpec, unit: str, lower_is_better: bool) -> bool:
+    """The plausibility rule applies to times where lower is better."""
+    if not lower_is_better:
+        return False
+    if spec.metric_is_time is not None:
+        return spec.metric_is_time
+    return unit.strip().lower() in TIME_UNITS
 
 
 def spec_of(exp: Experiment) -> GenericSpec:
@@ -88,6 +155,36 @@ def read_metric(output: str, spec: MetricSpec) -> float | None:
     except (TypeError, ValueError):
         return None
     return number if number is not None and math.isfinite(number) else None
+
+
+def metric_from_output(stdout: str, stderr: str, spec: MetricSpec) -> float | None:
+    """stdout first; stdout + stderr only when stdout holds none (0.0 is a value)."""
+    value = read_metric(stdout, spec)
+    if value is None:
+        value = read_metric(stdout + ("\n" if stdout else "") + stderr, spec)
+    return value
+
+
+def read_channel(data: bytes | None) -> tuple[float | None, str]:
+    """(value, "") from the result channel; (None, "") when nothing was written;
+    (None, why) when it holds anything but exactly one finite number."""
+    if not data or not data.strip():
+        return None, ""
+    if len(data) > CHANNEL_MAX:
+        return None, f"{len(data)} bytes on the result channel (one number expected)"
+    try:
+        words = data.decode("ascii").split()
+    except UnicodeDecodeError:
+        return None, f"non-ASCII bytes on the result channel: {data[:40]!r}"
+    if len(words) != 1:
+        return None, f"{len(words)} values on the result channel (exactly one expected):" \
+                     f" {' '.join(words)[:60]}"
+    if not NUMBER.fullmatch(words[0]):
+        return None, f"not a number on the result channel: {words[0][:40]!r}"
+    number = float(words[0])
+    if not math.isfinite(number):
+        return None, f"not a finite number on the result channel: {words[0]!r}"
+    return number, ""
 
 
 def _json_key(output: str, key: str) -> Any:

@@ -4,6 +4,11 @@ A candidate is the full content of every editable file, serialised as one "bundl
 (so the core loop can fingerprint, archive and restore it like any other source). Replies
 carry whole-file rewrites (a fenced block named by a `File: path` line or its info
 string) or SEARCH/REPLACE edit blocks, each after a line naming the file's path.
+
+A bundle is only ever turned back into files through `files_of`, which refuses any path
+that is not editable: a file whose text contained a bundle header line could otherwise
+smuggle in a second "file" (`../../hooks/post-commit`) that the loop would write on the
+host. apply_reply refuses such text up front (failure kind `integrity`).
 """
 
 from __future__ import annotations
@@ -39,6 +44,16 @@ def from_bundle(text: str) -> dict[str, str]:
     return files
 
 
+def files_of(bundle: str, editable: list[str]) -> dict[str, str]:
+    """from_bundle, refusing any path that is not editable (ExtractionError `integrity`)."""
+    files = from_bundle(bundle)
+    foreign = sorted(p for p in files if p not in editable)
+    if foreign:
+        raise ExtractionError("integrity", f"bundle names non-editable path(s):"
+                              f" {', '.join(foreign)[:200]}")
+    return files
+
+
 def code_lines(files: dict[str, str]) -> int:
     """Non-blank lines: what the size rule counts."""
     return sum(1 for text in files.values() for line in text.splitlines() if line.strip())
@@ -65,6 +80,10 @@ def apply_reply(text: str, base: dict[str, str], editable: list[str],
         raise ExtractionError("no_code", "reply has no whole-file block and no SEARCH/REPLACE edit")
     if files == base:
         raise ExtractionError("no_change", "the edits leave every file as it was")
+    for path in sorted(touched):
+        if any(line.startswith(HEADER) for line in files[path].splitlines()):
+            raise ExtractionError("integrity", f"{path} contains a line starting with"
+                                  f" {HEADER.strip()!r}, the loop's own file separator")
     outside = FENCE_BLOCK.sub("", _strip_blocks(without_edits)).replace(EDITED, "")
     note = NOTE.search(outside)
     ideas = [m.group(1).strip() for m in IDEA.finditer(outside)][:3]

@@ -46,6 +46,13 @@ PROGRAM_MD = """# Research directives
 ## Constraints
 - keep the behaviour the run command checks intact
 """
+FD_SNIPPET = """\
+Report the metric on the result channel, so nothing a candidate prints can stand in for it
+(add to your benchmark, after it computes `value`):
+  Python:  fd = os.environ.get("RATCHET_RESULT_FD")  # import os
+           if fd: os.write(int(fd), f"{value}\\n".encode())
+  shell:   [ -z "$RATCHET_RESULT_FD" ] || echo "$value" >&"$RATCHET_RESULT_FD"
+"""
 DEFAULT_ACCEPTANCE = {"min_effect": 0.01, "confidence": 0.95, "min_rounds": 5,
                       "max_rounds": 20, "batch_rounds": 5, "max_seconds": 300}
 
@@ -76,7 +83,8 @@ def init_project(repo: Path, *, tag: str, editable: list[str], run_command: str,
                  setup_check: str | None = None, unit: str = "", directives: str | None = None,
                  no_new_dependencies: bool = False, force: bool = False,
                  acceptance: dict[str, Any] | None = None,
-                 knobs: dict[str, list[Any]] | None = None) -> Path:
+                 knobs: dict[str, list[Any]] | None = None, check_command: str | None = None,
+                 implausible: str = "flag", metric_is_time: bool | None = None) -> Path:
     """Write the contract; refuses to overwrite an existing one unless `force`."""
     repo = gitops.repo_root(Path(repo))
     if not re.fullmatch(r"[A-Za-z0-9][\w.-]*", tag):
@@ -89,7 +97,10 @@ def init_project(repo: Path, *, tag: str, editable: list[str], run_command: str,
         raise RatchetError(f"no such file(s) in {repo}: {', '.join(missing)}")
     spec = GenericSpec(tag=tag, editable=editable, readonly=readonly or [],
                        run_command=run_command, metric=metric or MetricSpec(),
-                       setup_check=setup_check or None, no_new_dependencies=no_new_dependencies)
+                       setup_check=setup_check or None, no_new_dependencies=no_new_dependencies,
+                       check_command=check_command or None,
+                       implausible=implausible,  # type: ignore[arg-type]
+                       metric_is_time=metric_is_time)
     contract: dict[str, Any] = {
         "name": tag,
         "description": f"generic project: {', '.join(editable)} measured by `{run_command}`",

@@ -2,6 +2,11 @@
 
 It is a Reporter wrapped around whatever reporter the run already has, so the core loop
 needs no knowledge of it. The file is untracked (listed in .git/info/exclude by init).
+
+status: keep (accepted), crash (the run or the reply failed), discard (rejected, including
+the verdict-wall failures `integrity`, `implausible` and `check`: the candidate ran, the
+loop refused its claim). A flagged implausible winner is a keep whose description says
+"[implausible: ...]".
 """
 
 from __future__ import annotations
@@ -13,13 +18,16 @@ from ..loop import Outcome
 from ..scores import Scores
 
 HEADER = "commit\tmetric\tstatus\tdescription\n"
+REFUSED = {"integrity", "implausible", "check"}  # ran, but the claim was refused: discard
 PROGRESS_EVERY = 10
 
 
 def status_of(outcome: Outcome) -> str:
     if outcome.accepted:
         return "keep"
-    return "crash" if outcome.status == "failed" else "discard"
+    if outcome.status == "failed" and outcome.failure_kind not in REFUSED:
+        return "crash"
+    return "discard"
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:

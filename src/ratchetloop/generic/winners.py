@@ -1,4 +1,8 @@
-"""`ratchet best` / `ratchet rollback` for generic projects: winners live on ratchet/<tag>."""
+"""`ratchet best` / `ratchet rollback` for generic projects: winners live on ratchet/<tag>.
+
+Git runs through gitops.plumb (explicit git dir, hooks/fsmonitor off, diffs without
+external diff or textconv drivers); files are only written for editable paths.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ from .. import scores as scores_mod
 from ..errors import RatchetError
 from ..experiment import Experiment
 from .contract import spec_of
-from .edits import from_bundle
+from .edits import files_of
 
 
 def _branch(exp: Experiment) -> dict[str, str]:
@@ -18,14 +22,22 @@ def _branch(exp: Experiment) -> dict[str, str]:
     return json.loads(path.read_text("utf-8")) if path.is_file() else {}
 
 
+def _void(repo: Path) -> tuple[Path, Path]:
+    git_dir = gitops.common_dir(repo)
+    void = git_dir / "ratchet" / "void-cli"
+    void.mkdir(parents=True, exist_ok=True)
+    return git_dir, void
+
+
 def winner_files(exp: Experiment, commit: str) -> dict[str, str]:
+    editable = spec_of(exp).editable
     if commit == "seed":
-        return from_bundle(exp.naive_path.read_text("utf-8"))
+        return files_of(exp.naive_path.read_text("utf-8"), editable)
     archived = exp.path("winners", commit, "candidate.bundle")
     if archived.is_file():
-        return from_bundle(archived.read_text("utf-8"))
-    repo = gitops.repo_root(exp.root)
-    return {p: gitops.git(repo, "show", f"{commit}:{p}") for p in spec_of(exp).editable}
+        return files_of(archived.read_text("utf-8"), editable)
+    git_dir, void = _void(gitops.repo_root(exp.root))
+    return gitops.read_blobs(git_dir, void, commit, editable)
 
 
 def best(exp: Experiment) -> tuple[str, str]:
@@ -41,9 +53,10 @@ def best(exp: Experiment) -> tuple[str, str]:
               f" `git merge {info.get('branch', '<branch>')}`")
     if row.commit == "seed":
         return header, ""
-    repo = gitops.repo_root(exp.root)
-    diff = gitops.git(repo, "diff", info.get("base", "HEAD"), row.commit, "--",
-                      *spec_of(exp).editable, check=False)
+    git_dir, void = _void(gitops.repo_root(exp.root))
+    diff = gitops.plumb(git_dir, "diff", "--no-ext-diff", "--no-textconv", "--no-color",
+                        info.get("base", "HEAD"), row.commit, "--", *spec_of(exp).editable,
+                        work_tree=void, check=False)
     return header, diff
 
 
