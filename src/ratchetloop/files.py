@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,16 +21,27 @@ M = TypeVar("M", bound=BaseModel)
 
 @contextmanager
 def _no_interrupt() -> Iterator[None]:
-    """Hold Ctrl-C until the write is done: it lands after, never halfway through."""
-    try:
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    except (ValueError, OSError):  # not the main thread, or no signal support
+    """Hold Ctrl-C and SIGTERM until the write is done: they land after, never halfway.
+
+    Deferred at the Python-handler level, not with the signal mask: a mask blocks only the
+    calling thread, so the kernel may hand the signal to another thread (a live display's
+    refresh thread) and Python would still raise KeyboardInterrupt here, mid-write."""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
+    held: list[int] = []
+
+    def hold(signum: int, frame: object) -> None:
+        held.append(signum)
+
+    previous = {sig: signal.signal(sig, hold) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if held:
+            signal.raise_signal(held[0])  # now, with the caller's own handler in place
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
