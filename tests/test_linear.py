@@ -17,6 +17,7 @@ import pytest
 
 from ratchetloop import evaluate, experiment
 from ratchetloop.harness import cbuild, run
+from ratchetloop.harness.cases import primary_case, read_contract
 
 ROOT = Path(__file__).resolve().parents[1]
 LINEAR = ROOT / "experiments" / "linear"
@@ -275,6 +276,6 @@ def test_primary_case_steers_sequential_stopping_only_when_timed(tmp_path: Path)
     spec = load("eval").SPEC
     (tmp_path / "experiment.json").write_text(json.dumps(
         {"cases": [{"name": "a"}, {"name": "b", "primary": True}]}))
-    contract = run._contract(spec, tmp_path)
-    assert run._primary(contract, ["a", "b"]) == "b"
-    assert run._primary(contract, ["a"]) is None
+    contract = read_contract(tmp_path, spec.contract)
+    assert primary_case(contract, ["a", "b"]) == "b"
+    assert primary_case(contract, ["a"]) is None

@@ -19,12 +19,19 @@ def git(repo: Path, *args: str, check: bool = True) -> str:
     env = dict(os.environ)
     env.setdefault("GIT_TERMINAL_PROMPT", "0")
     proc = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, env=env)
-    if check and proc.returncode != 0:
-        lines = proc.stderr.strip().splitlines()
-        reason = next((ln for ln in lines if ln.startswith(("fatal:", "error:"))),
-                      lines[-1] if lines else f"exit {proc.returncode}")
-        raise RatchetError(f"git {args[0]} failed: {reason}")
+    if check:
+        _raise_for(proc, args[0])
     return proc.stdout
+
+
+def _raise_for(proc: subprocess.CompletedProcess[str], command: str) -> None:
+    """A failed git command as one line: its fatal:/error: line, else its last line."""
+    if proc.returncode == 0:
+        return
+    lines = proc.stderr.strip().splitlines()
+    reason = next((ln for ln in lines if ln.startswith(("fatal:", "error:"))),
+                  lines[-1] if lines else f"exit {proc.returncode}")
+    raise RatchetError(f"git {command} failed: {reason}")
 
 
 def clear_stale_locks(repo: Path, wait: float = 10.0) -> None:
@@ -205,11 +212,8 @@ def plumb(git_dir: Path, *args: str, work_tree: Path, index: Path | None = None,
         argv += ["-c", item]
     proc = subprocess.run([*argv, *args], cwd=git_dir, capture_output=True, text=True,
                           input=input, env=clean)
-    if check and proc.returncode != 0:
-        lines = proc.stderr.strip().splitlines()
-        reason = next((ln for ln in lines if ln.startswith(("fatal:", "error:"))),
-                      lines[-1] if lines else f"exit {proc.returncode}")
-        raise RatchetError(f"git {args[0]} failed: {reason}")
+    if check:
+        _raise_for(proc, args[0])
     return proc.stdout
 
 

@@ -70,6 +70,7 @@ from typing import Any
 
 from .. import measure, seccomp, stability
 from ..evaluate import EvalRequest, EvalResult
+from .cases import case_params, primary_case, read_contract
 from .result import HarnessFailure, main, protect_evaluator, tail
 
 __all__ = ["FastOnly", "PyExperiment", "evaluate", "protect_evaluator", "run"]
@@ -553,35 +554,6 @@ def validate(session: Session, worker: Worker) -> dict[str, object]:
 # --------------------------------------------------------------------------- contract
 
 
-def _contract(spec: PyExperiment, folder: Path) -> dict:
-    try:
-        return dict(json.loads((folder / spec.contract).read_text("utf-8")))
-    except (OSError, ValueError):
-        return {}
-
-
-def case_args(spec: PyExperiment, contract: dict, names: list[str]) -> dict[str, tuple]:
-    by_name = {c.get("name"): c for c in contract.get("cases", [])}
-    out = {}
-    for name in names:
-        if name not in by_name:
-            raise HarnessFailure("harness_error", f"unknown case {name!r}", phase="benchmark")
-        params = by_name[name].get("params", {})
-        missing = [k for k in spec.param_order if k not in params]
-        if missing:
-            raise HarnessFailure("harness_error", f"case {name!r} lacks params {missing}",
-                                 phase="benchmark")
-        out[name] = tuple(params[k] for k in spec.param_order)
-    return out
-
-
-def primary_case(contract: dict, cases: list[str]) -> str | None:
-    for case in contract.get("cases", []):
-        if case.get("primary") and case.get("name") in cases:
-            return str(case["name"])
-    return None
-
-
 # --------------------------------------------------------------------------- evaluate
 
 
@@ -589,7 +561,7 @@ def evaluate(request: EvalRequest, spec: PyExperiment, workdir: Path | None = No
              ) -> EvalResult:
     """Validate the candidate, then time it against every reference, each in its own worker."""
     work = Path(workdir or Path.cwd()).resolve()
-    contract = _contract(spec, work)
+    contract = read_contract(work, spec.contract)
     unit = str(contract.get("unit", "us"))
     info: dict[str, object] = {}
     session = Session(spec, work)
@@ -603,7 +575,9 @@ def evaluate(request: EvalRequest, spec: PyExperiment, workdir: Path | None = No
             return EvalResult(ok=True, phase="done", unit=unit, info=info)
         for name, path in request.references.items():
             session.launch(name, work / path)
-        timing = measure_all(session, request, case_args(spec, contract, request.cases),
+        args = {name: tuple(params) for name, params in
+                case_params(contract, request.cases, spec.param_order)}
+        timing = measure_all(session, request, args,
                              primary_case(contract, request.cases))
     except HarnessFailure as exc:
         return EvalResult(ok=False, phase=exc.phase, failure=exc.to_failure(), unit=unit,

@@ -9,7 +9,6 @@ the candidate's object before anything runs.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal as signal_mod
@@ -20,8 +19,8 @@ from pathlib import Path
 
 from .. import stability
 from ..evaluate import EvalRequest, EvalResult
-from ..experiment import Experiment
 from . import cbuild
+from .cases import case_params, primary_case, read_contract
 from .cbuild import CTarget, Impl
 from .result import HarnessFailure, clip, one_line, tail
 from .timing import BenchProcess, measure
@@ -63,34 +62,10 @@ class CExperiment:
 
 
 def load_cases(spec: CExperiment, names: list[str], folder: Path) -> list[tuple[str, list[int]]]:
-    exp = Experiment.model_validate(json.loads((folder / spec.contract).read_text("utf-8")))
-    by_name = {c.name: c for c in exp.cases}
-    out = []
-    for name in names:
-        if name not in by_name:
-            raise HarnessFailure("harness_error", f"unknown case {name!r}", phase="benchmark")
-        params = {**spec.param_defaults, **by_name[name].params}
-        missing = [k for k in spec.param_order if k not in params]
-        if missing:
-            raise HarnessFailure("harness_error", f"case {name!r} lacks params {missing}",
-                                 phase="benchmark")
-        out.append((name, [int(params[k]) for k in spec.param_order]))
-    return out
-
-
-def _contract(spec: CExperiment, folder: Path) -> dict:
-    try:
-        return dict(json.loads((folder / spec.contract).read_text("utf-8")))
-    except (OSError, ValueError):
-        return {}
-
-
-def _primary(contract: dict, cases: list[str]) -> str | None:
-    """The primary case's name if the contract marks one that is being timed."""
-    for case in contract.get("cases", []):
-        if case.get("primary") and case.get("name") in cases:
-            return str(case["name"])
-    return None
+    """Each requested case's integer params, in the order driver.c's rl_case_setup reads."""
+    contract = read_contract(folder, spec.contract)
+    return [(name, [int(p) for p in params]) for name, params in
+            case_params(contract, names, spec.param_order, spec.param_defaults)]
 
 
 def sanitizer_env() -> dict[str, str]:
@@ -219,7 +194,7 @@ def evaluate(request: EvalRequest, spec: CExperiment, workdir: Path | None = Non
     refs = [Impl(name, work / path) for name, path in request.references.items()]
     drivers = [work / d for d in spec.driver]
     logs: dict[str, str] = {}
-    contract = _contract(spec, work)
+    contract = read_contract(work, spec.contract)
     unit = str(contract.get("unit", "us"))
     info: dict[str, object] = {"flags": " ".join(cbuild.BASE_FLAGS)}
     try:
@@ -262,7 +237,7 @@ def evaluate(request: EvalRequest, spec: CExperiment, workdir: Path | None = Non
                              seed=request.seed, min_sample_us=spec.min_sample_us,
                              warmup=spec.warmup, sample_budget_us=spec.sample_budget_us,
                              max_batches=spec.max_batches, clock=spec.clock,
-                             primary=_primary(contract, request.cases),
+                             primary=primary_case(contract, request.cases),
                              check=request.validate_candidate,
                              command_timeout=spec.bench_command_timeout)
         finally:

@@ -56,8 +56,9 @@
 #include <unistd.h>
 
 #include "rl_harness.h"
+#include "rl_io.h"
 
-#define MAX_WORKERS 16
+#define MAX_WORKERS 64
 #define MAX_CASES 64
 #define MAX_PARAMS 16
 #define GUARD 64
@@ -252,18 +253,6 @@ static int worker_died(worker *w, const char *during) {
     return fail(i, "crash", "exited with status %d during %s", code, during);
 }
 
-static int write_full(int fd, const void *p, size_t n) {
-    const char *c = p;
-    while (n) {
-        ssize_t put = write(fd, c, n);
-        if (put < 0 && errno == EINTR) continue;
-        if (put <= 0) return -1;
-        c += put;
-        n -= (size_t)put;
-    }
-    return 0;
-}
-
 /* Read one reply within `timeout_s`: 1 = got it, 0 = timed out, -1 = the worker is gone. */
 static int read_reply(worker *w, rl_reply *rep, double timeout_s) {
     char *c = (char *)rep;
@@ -290,7 +279,7 @@ static double call_timeout_s = 120.0;
 /* Run calls[first .. first+count) in worker w; 0 on success, else fail_* is set. */
 static int run_calls(worker *w, int64_t first, int64_t count, const char *during) {
     rl_cmd cmd = {RL_OP_CALLS, ++w->seq, first, count};
-    if (!w->alive || write_full(w->cmd_fd, &cmd, sizeof cmd) != 0) return worker_died(w, during);
+    if (!w->alive || rl_write_full(w->cmd_fd, &cmd, sizeof cmd) != 0) return worker_died(w, during);
     rl_reply rep;
     int r = read_reply(w, &rep, call_timeout_s);
     if (r == 0) {
@@ -390,7 +379,7 @@ static void stop_workers(void) {
         worker *w = &workers[i];
         if (!w->alive) continue;
         rl_cmd quit = {RL_OP_QUIT, ++w->seq, 0, 0};
-        write_full(w->cmd_fd, &quit, sizeof quit);
+        rl_write_full(w->cmd_fd, &quit, sizeof quit);
         close(w->cmd_fd);
         kill(w->pid, SIGKILL);
         waitpid(w->pid, NULL, 0);

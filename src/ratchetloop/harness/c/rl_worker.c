@@ -42,6 +42,7 @@
 #include <unistd.h>
 
 #include "rl_harness.h"
+#include "rl_io.h"
 
 #if defined(__x86_64__)
 #define RL_ARCH AUDIT_ARCH_X86_64
@@ -180,30 +181,6 @@ static void on_sigsys(int sig, siginfo_t *info, void *ctx) {
     syscall(SYS_exit_group, RL_EXIT_SYSCALL);
 }
 
-static int read_full(int fd, void *p, size_t n) {
-    char *c = p;
-    while (n) {
-        ssize_t got = read(fd, c, n);
-        if (got < 0 && errno == EINTR) continue;
-        if (got <= 0) return -1;
-        c += got;
-        n -= (size_t)got;
-    }
-    return 0;
-}
-
-static int write_full(int fd, const void *p, size_t n) {
-    const char *c = p;
-    while (n) {
-        ssize_t put = write(fd, c, n);
-        if (put < 0 && errno == EINTR) continue;
-        if (put <= 0) return -1;
-        c += put;
-        n -= (size_t)put;
-    }
-    return 0;
-}
-
 #ifdef RL_COPY_ARGS
 /* Argument i's heap block: exactly the pointed-to bytes at the same misalignment, and the
  * SAME block while the arena buffer behind it stays the same, so a kernel that keys a
@@ -248,15 +225,15 @@ int main(int argc, char **argv) {
     if (sigaction(SIGSYS, &sa, NULL) != 0) return 2;
     if (install_filter() != 0) {
         static const char msg[] = "RLSECCOMP the seccomp filter could not be installed\n";
-        write_full(2, msg, sizeof msg - 1);
+        rl_write_full(2, msg, sizeof msg - 1);
         return 2; /* never run an implementation unfiltered */
     }
     rl_reply reply = {0, 0, 0};
-    if (write_full(RL_FD_REPLY, &reply, sizeof reply) != 0) _exit(0);
+    if (rl_write_full(RL_FD_REPLY, &reply, sizeof reply) != 0) _exit(0);
     const rl_call *table = (const rl_call *)(base + RL_TABLE_OFFSET);
     for (;;) {
         rl_cmd cmd;
-        if (read_full(RL_FD_CMD, &cmd, sizeof cmd) != 0 || cmd.op == RL_OP_QUIT) _exit(0);
+        if (rl_read_full(RL_FD_CMD, &cmd, sizeof cmd) != 0 || cmd.op == RL_OP_QUIT) _exit(0);
         reply.seq = cmd.seq;
         reply.status = 0;
         reply.done = 0;
@@ -267,6 +244,6 @@ int main(int argc, char **argv) {
             for (int64_t k = 0; k < cmd.count; k++) rl_invoke(base, &table[cmd.first + k]);
             reply.done = cmd.count;
         }
-        if (write_full(RL_FD_REPLY, &reply, sizeof reply) != 0) _exit(0);
+        if (rl_write_full(RL_FD_REPLY, &reply, sizeof reply) != 0) _exit(0);
     }
 }
