@@ -10,12 +10,19 @@ of `batch_rounds`, then `measure.needs_more_rounds`, until it says stop; then
   * naive: "lower median wins" over the first min_rounds / all max_rounds rounds;
   * v0: the first ratchetloop rule (t interval on log-ratios, same looks, no correction).
 
+Harness mode (--harness): the same kernel of known speed, timed through the real
+evaluation path instead: a trusted driver and one seccomp-filtered worker process per
+implementation, per-call input and output slots, each batch timed by the worker's CPU
+clock read from outside (ratchetloop.harness.timing.measure, which applies
+`needs_more_rounds` itself), a fresh driver and workers per trial; then `measure.decide`.
+
 Experiment mode (--experiment linear): A/A on a real kernel -- the incumbent source is
 evaluated against a byte-for-byte copy of itself through ratchetloop.evaluate.run_eval, many
 times, and the accept rate, ratio CI and per-round noise are reported.
 
     .venv/bin/python benchmarks/bench_acceptance.py --quick
     .venv/bin/python benchmarks/bench_acceptance.py                 # full synthetic table
+    .venv/bin/python benchmarks/bench_acceptance.py --harness --aa-trials 100 --trials 40
     .venv/bin/python benchmarks/bench_acceptance.py --experiment linear --aa-trials 50
 """
 
@@ -41,6 +48,8 @@ from ratchetloop.measure import decide, needs_more_rounds
 
 HERE = Path(__file__).resolve().parent
 SPIN_C = HERE / "synthetic" / "spin.c"
+SPIN_KERNEL = HERE / "synthetic" / "spin_kernel.c"
+SPIN_DRIVER = HERE / "synthetic" / "spin_driver.c"
 EFFECTS = [0.0, 0.01, 0.03, 0.05, 0.10, -0.05]
 
 
@@ -116,6 +125,7 @@ class Row:
     naive_min: int = 0
     naive_max: int = 0
     v0: int = 0
+    others: bool = True  # the naive and v0 rules were replayed on the same data
 
     @property
     def trials(self) -> int:
@@ -179,8 +189,61 @@ def print_row(row: Row, header: bool) -> None:
           f"{acc_k}/{v.get('same', 0)}/{v.get('worse', 0)} | "
           f"{statistics.mean(row.rounds):.1f} | {statistics.mean(row.seconds):.3f} | "
           f"{statistics.median(row.ratios):.4f} | {100 * statistics.median(row.noise):.2f}% | "
-          f"{row.rate(row.naive_min)} | {row.rate(row.naive_max)} | {row.rate(row.v0)} |",
-          flush=True)
+          + (f"{row.rate(row.naive_min)} | {row.rate(row.naive_max)} | {row.rate(row.v0)} |"
+             if row.others else "- | - | - |"), flush=True)
+
+
+# ---------------------------------------------------------------- through the harness
+
+
+def harness(args: argparse.Namespace, acc: Acceptance) -> list[Row]:
+    """The spin kernel through the real driver/worker path: one build per effect, a fresh
+    driver and workers per trial, sequential stopping inside `measure`."""
+    from ratchetloop.harness import cbuild
+    from ratchetloop.harness.timing import BenchProcess, measure
+
+    target = cbuild.CTarget("spin", "void {name}(float *out, const float *in, long iters)")
+    work = Path(tempfile.mkdtemp(prefix="bench-acceptance-harness-"))
+    try:
+        iters = calibrate(build_spin(work), args.sample_us)
+        kernel = SPIN_KERNEL.read_text(encoding="utf-8")
+
+        def source(name: str, effect: float) -> cbuild.Impl:
+            path = work / f"{name}.c"
+            path.write_text(f"#define WORK {round(1000 * (1 - effect))}\n{kernel}")
+            return cbuild.Impl(name, path)
+
+        print(f"spin through the harness: {iters} iterations ~ {args.sample_us:g} us per "
+              f"call; acceptance min_effect={acc.min_effect} confidence={acc.confidence} "
+              f"rounds {acc.min_rounds}..{acc.max_rounds} by {acc.batch_rounds}\n",
+              flush=True)
+        rows = []
+        for effect in args.effects:
+            tag = f"e{round(effect * 1000)}"
+            build = cbuild.build(target, [source(f"cand_{tag}", effect), source("best", 0.0)],
+                                 [SPIN_DRIVER], work / tag, check=False)
+            workers = [("candidate", build.workers[0].binary), ("best", build.workers[1].binary)]
+            row = Row(effect, others=False)
+            for t in range(args.aa_trials if effect == 0 else args.trials):
+                seed = args.seed * 1_000_003 + t * 7919 + int(effect * 1e4)
+                with benchlock.bench_lock("bench_acceptance"):
+                    bench = BenchProcess(build.driver, cwd=work)
+                    try:
+                        timing = measure(bench, [("spin", [iters])], workers, acc, seed=seed,
+                                         min_sample_us=args.sample_us / 2)
+                    finally:
+                        bench.close()
+                o = decide(timing.samples, "best", acc).overall
+                row.verdicts[o.verdict] = row.verdicts.get(o.verdict, 0) + 1
+                row.rounds.append(timing.rounds)
+                row.seconds.append(timing.seconds)
+                row.ratios.append(o.ratio)
+                row.noise.append(o.noise)
+            rows.append(row)
+            print_row(row, header=len(rows) == 1)
+        return rows
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- real experiment A/A
@@ -240,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--pin", action="store_true", help="pin to one CPU like the harness")
     p.add_argument("--experiment", help="A/A on a real experiment (e.g. linear) instead")
+    p.add_argument("--harness", action="store_true",
+                   help="time the synthetic kernel through the real driver and workers")
     p.add_argument("--min-effect", type=float)
     p.add_argument("--confidence", type=float)
     p.add_argument("--max-rounds", type=int)
@@ -260,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
                                        ("confidence", args.confidence),
                                        ("max_rounds", args.max_rounds)] if v is not None}
         acc = Acceptance(**overrides)
-        synthetic(args, acc)
+        (harness if args.harness else synthetic)(args, acc)
     print(f"\n{time.monotonic() - start:.0f}s total; load average now {report.load1}")
     return 0
 

@@ -2,11 +2,11 @@
 
     .venv/bin/python benchmarks/bench_attention.py [--rounds 10] [--no-search] [--ctx1024]
 
-1. search: every tuner knob combination is linked into one benchmark binary per simd path
+1. search: every tuner knob combination gets a worker, one driver per simd path
    (the shared C harness renames each symbol) and timed interleaved for a few rounds; the
    combination with the lowest full-suite median wins, and each case's fastest is reported
    (the per-case specialists a tuner run could keep);
-2. compare: the winner and naive.c in one binary, interleaved paired rounds; after every
+2. compare: the winner and naive.c under one driver, interleaved paired rounds; after every
    round the numpy reference (single-threaded BLAS) is timed on the same shapes.
 Speedup = median over rounds of naive/tuned in the same round. Every time is the thread's
 CPU time per call (the harness default; numpy measured the same way, min of 3 batch means),
@@ -62,7 +62,7 @@ def cases(with_1024: bool) -> list[tuple[str, list[int]]]:
 
 
 def build(sources: list[tuple[str, str]], work: Path, tag: str) -> cbuild.Build:
-    """One optimised binary holding every source (index 0 plays 'candidate')."""
+    """One driver and one optimised worker per source (index 0 plays 'candidate')."""
     folder = work / tag
     folder.mkdir(parents=True)
     impls = []
@@ -72,18 +72,24 @@ def build(sources: list[tuple[str, str]], work: Path, tag: str) -> cbuild.Build:
         impls.append(Impl("candidate" if i == 0 else name, path))
     shapes = folder / "attn_shapes.c"
     shapes.write_text(EVAL.shapes_source([]))
-    return cbuild.build(EVAL.SPEC.target, impls, [EXP / "driver.c", shapes], folder / "b")
+    return cbuild.build(EVAL.SPEC.target, impls, [EXP / "driver.c", shapes], folder / "b",
+                        check=False)
 
 
-def start(binary: Path, work: Path, suite: list[tuple[str, list[int]]],
+def start(built: cbuild.Build, work: Path, suite: list[tuple[str, list[int]]],
           calibrate: str) -> BenchProcess:
-    """Cases added, calibrated (`min_us warm budget_us max_batches`), results checked."""
-    bench = BenchProcess(binary, cwd=work)
-    bench.command("seed 7", 60)
+    """Workers started, cases added, results checked in full, calibrated
+    (`min_us warm budget_us max_batches`)."""
+    bench = BenchProcess(built.driver, cwd=work)
+    answers = []
+    for w in built.workers:
+        answers += bench.command(f"impl {w.name} {w.binary}", 60)
+    answers += bench.command("seed 7", 60)
     for name, params in suite:
-        bench.command(f"case {name} " + " ".join(map(str, params)), 60)
-    bench.command(f"calibrate {calibrate}", 600)
-    bad = bench.command("check", 600)
+        answers += bench.command(f"case {name} " + " ".join(map(str, params)), 60)
+    answers += bench.command("check", 600)
+    answers += bench.command(f"calibrate {calibrate}", 600)
+    bad = [a for a in answers if a.startswith("fail")]
     if bad:
         raise SystemExit(f"result check failed: {bad[:3]}")
     return bench
@@ -107,7 +113,7 @@ def search(work: Path, suite: list[tuple[str, list[int]]], n: int) -> dict[str, 
         t0 = time.monotonic()
         built = build([(label[i], TEMPLATE.render(combos[i])) for i in group], work, simd)
         names = [label[i] for i in group]
-        bench = start(built.binary, work, suite, "500 1")
+        bench = start(built, work, suite, "500 1")
         try:
             samples = rounds(bench, n, suite, names)
         finally:
@@ -212,7 +218,7 @@ def main() -> None:
         built = build([("tuned", TEMPLATE.render(knobs)),
                        ("naive", (EXP / "naive.c").read_text())], work, "compare")
         names = ["tuned", "naive"]
-        bench = start(built.binary, work, suite, "2000 2 6000 3")
+        bench = start(built, work, suite, "2000 2 6000 3")
         inputs = {name: numpy_case(params, rng) for name, params in suite}
         c_samples: dict[str, dict[str, list[float]]] = {c: {m: [] for m in names}
                                                          for c, _ in suite}
