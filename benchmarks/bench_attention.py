@@ -174,7 +174,8 @@ def numpy_check(rng: np.random.Generator) -> float:
 
 
 def time_numpy(args: tuple[Any, ...], min_us: float = 2000.0, batches: int = 3) -> float:
-    """Like the harness sample: thread CPU time, min over batch means of >= min_us each."""
+    """Like the harness sample: CPU time (the harness reads a single-threaded worker's),
+    min over batch means of >= min_us each."""
     reps = 1
     while True:
         t0 = time.thread_time_ns()

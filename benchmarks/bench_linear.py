@@ -58,7 +58,8 @@ def load_template():
 def numpy_time_us(B: int, T: int, C: int, OC: int, bias: bool, rounds: int) -> float:
     """Median per-call thread CPU time of inp @ W.T + b in float32 (the C kernel's layout).
 
-    Thread CPU time, like the harness's default clock, so a busy host skews neither side."""
+    Thread CPU time, like the harness's default clock (the CPU time of a single-threaded
+    worker process), so a busy host skews neither side."""
     rng = np.random.default_rng(0)
     x = rng.uniform(-1, 1, (B * T, C)).astype(np.float32)
     w = rng.uniform(-1, 1, (OC, C)).astype(np.float32)

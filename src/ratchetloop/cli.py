@@ -13,7 +13,6 @@ from . import experiment as experiment_mod
 from . import scores as scores_mod
 from .display import LiveReporter, history_table, print_summary
 from .errors import RatchetError
-from .hardening import make_undumpable
 from .loop import Options, run_loop
 from .proposers import registry
 
@@ -60,6 +59,8 @@ def run(experiment: str, model: str | None, iterations: int, temperature: float 
         max_output_tokens: int | None, max_cost: float | None, max_tokens: int | None,
         max_minutes: float | None, patience: int | None, target: float | None) -> None:
     """Run the loop on EXPERIMENT (a name under experiments/ or a folder)."""
+    from .seccomp import make_undumpable
+
     make_undumpable()  # the keys in our memory stay out of reach of the processes we start
     exp = experiment_mod.load(experiment)
     proposer = registry.resolve(model, exp, temperature=temperature, max_tokens=max_output_tokens)

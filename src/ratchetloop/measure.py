@@ -1,7 +1,8 @@
 """Paired timing statistics and the acceptance decision.
 
 eval.py returns, per case, per-round samples of the candidate and of each reference, timed
-interleaved in one process with the order randomised per round. Everything here works on
+interleaved in one session (each implementation in its own worker process) with the order
+randomised per round. Everything here works on
 the paired log-ratios d_i = log(candidate_i / reference_i) (sign flipped for
 higher-is-better, so d < 0 always means "candidate better"): host drift that hits both
 sides of a round cancels out.

@@ -388,6 +388,19 @@ def set_dumpable(flag: bool) -> None:
     _prctl(_libc(), PR_SET_DUMPABLE, 1 if flag else 0)
 
 
+def make_undumpable() -> bool:
+    """Keep this process's memory out of reach of other processes of the same user: a
+    non-dumpable process cannot be ptraced and its /proc/<pid>/mem, environ and fd/ cannot
+    be opened without CAP_SYS_PTRACE (sandboxed children never have it). The loop holds API
+    keys, the evaluator the result channel; both call this first. Lost on exec. False where
+    the kernel has no prctl (not Linux), which is not an error."""
+    try:
+        set_dumpable(False)
+        return True
+    except (OSError, AttributeError):
+        return False
+
+
 def install(program: bytes, libc: ctypes.CDLL | None = None) -> None:
     """Load `program` for this process (no_new_privs first); raises OSError on failure.
 

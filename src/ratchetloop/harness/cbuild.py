@@ -34,6 +34,7 @@ import re
 import shutil
 import subprocess
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, cast
@@ -373,8 +374,6 @@ def build(target: CTarget, impls: Sequence[Impl], driver_sources: Sequence[Path]
           driver: Path | None = None) -> Build:
     """The driver and one worker per implementation (impls[0] is "the candidate": its
     object is checked when `check`); sanitizer workers when `sanitize`."""
-    from concurrent.futures import ThreadPoolExecutor
-
     out_dir = out_dir.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     impls = [Impl(i.name, Path(i.source).resolve()) for i in impls]
@@ -405,8 +404,6 @@ def build_each(target: CTarget, impls: Sequence[Impl], driver_sources: Sequence[
                out_dir: Path, *, sanitize: bool = False, check: bool = True) -> list[Build]:
     """One single-worker Build per implementation, all sharing one driver (for validating
     many implementations, e.g. every rendering of a tuner template)."""
-    from concurrent.futures import ThreadPoolExecutor
-
     out_dir.mkdir(parents=True, exist_ok=True)
     driver = build_driver(target, [Path(d).resolve() for d in driver_sources], out_dir)
 

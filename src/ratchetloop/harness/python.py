@@ -57,7 +57,6 @@ import json
 import math
 import os
 import random
-import re
 import select
 import signal
 import subprocess
@@ -69,7 +68,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import measure, seccomp, stability
-from ..evaluate import EvalRequest, EvalResult
+from ..evaluate import EvalRequest, EvalResult, safe_name
 from .cases import case_params, primary_case, read_contract
 from .result import HarnessFailure, main, protect_evaluator, tail
 
@@ -188,10 +187,6 @@ def _shallow(value: Any, depth: int) -> bool:
     return True
 
 
-def _safe_name(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:60] or "impl"
-
-
 class Worker:
     """The driver's handle on one implementation's process: pipes, deadline, CPU clock."""
 
@@ -201,7 +196,7 @@ class Worker:
         self.is_candidate = name == "candidate"
         self.spec = spec
         self.filtered = filtered
-        self.log_path = workdir / f"worker-{_safe_name(name)}.log"
+        self.log_path = workdir / f"worker-{safe_name(name)}.log"
         cmd_r, self.cmd_w = os.pipe()
         self.reply_r, reply_w = os.pipe()
         env = {k: os.environ[k] for k in WORKER_ENV_KEEP if k in os.environ}

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..evaluate import EvalRequest, EvalResult, Failure
-from ..hardening import make_undumpable
+from ..seccomp import make_undumpable
 
 DETAIL_LIMIT = 3000
 
