@@ -1,27 +1,42 @@
-"""How often does the acceptance rule accept, when we know the truth?
+"""How often does the acceptance rule accept, and how many rounds does it take to decide?
 
-Synthetic mode (default): benchmarks/synthetic/spin.c is one calibrated busy loop; the
-"candidate" runs it for (1 - effect) times the incumbent's iterations, so its true speed-up
-is known. Each trial is a fresh process timed the way the harness times (warm-up, then per
-round both implementations once in a random A-B / B-A order, one paired sample per round,
-samples of ~--sample-us each). The harness's sequential pattern is replayed exactly: a batch
-of `batch_rounds`, then `measure.needs_more_rounds`, until it says stop; then
-`measure.decide`. For comparison, on the same data:
-  * naive: "lower median wins" over the first min_rounds / all max_rounds rounds;
-  * v0: the first ratchetloop rule (t interval on log-ratios, same looks, no correction).
+Effects are true speed-ups: the candidate takes 1 / (1 + effect) of the incumbent's time,
+so +100% is 2x faster, -50% is 2x slower, 0 is the same code (A/A: every accept is a false
+accept) and `inf` is a candidate whose metric is zero.
+
+Synthetic mode (default): benchmarks/synthetic/spin.c is one calibrated busy loop timed by
+the wall clock (so a busy host's noise is in it); the candidate runs it for 1 / (1 + effect)
+times the incumbent's iterations. Each trial is a fresh process timed the way the harness
+times (warm-up, then per round both implementations once in a random A-B / B-A order, one
+paired sample per round), max_rounds rounds of it; then two rules replay the harness's
+sequential pattern on the SAME samples:
+  * after: production's rule -- batches of `measure.rounds_to_next_look` (3 rounds, then
+    the regular looks), `measure.needs_more_rounds` until it says stop, `measure.decide`;
+  * before: the rule as it was at commit b7fe41e (no early look, no zero-variance or
+    non-positive handling), read with `git show` into a temporary module, replayed with
+    that version's harness batches (`batch_rounds` at a time).
+--simulate NOISE replaces the spin program with lognormal per-side noise of that sd (fast,
+so many trials); the rules and the table are the same.
 
 Harness mode (--harness): the same kernel of known speed, timed through the real
 evaluation path instead: a trusted driver and one seccomp-filtered worker process per
 implementation, per-call input and output slots, each batch timed by the worker's CPU
 clock read from outside (ratchetloop.harness.timing.measure, which applies
-`needs_more_rounds` itself), a fresh driver and workers per trial; then `measure.decide`.
+`needs_more_rounds` and `rounds_to_next_look` itself), a fresh driver and workers per
+trial; then `measure.decide`. Only "after": the harness stops when the rule does, so
+there is no full series to replay the old rule on.
 
 Experiment mode (--experiment linear): A/A on a real kernel -- the incumbent source is
 evaluated against a byte-for-byte copy of itself through ratchetloop.evaluate.run_eval, many
 times, and the accept rate, ratio CI and per-round noise are reported.
 
+Accept rates on effects <= 0 come with a one-sided 95% Clopper-Pearson upper bound, on
+gains with a lower bound, so "A/A false accepts <= 1%" and "power at +5% >= 95%" are read
+off the table with their sampling error.
+
     .venv/bin/python benchmarks/bench_acceptance.py --quick
     .venv/bin/python benchmarks/bench_acceptance.py                 # full synthetic table
+    .venv/bin/python benchmarks/bench_acceptance.py --simulate 0.03 --aa-trials 5000
     .venv/bin/python benchmarks/bench_acceptance.py --harness --aa-trials 100 --trials 40
     .venv/bin/python benchmarks/bench_acceptance.py --experiment linear --aa-trials 50
 """
@@ -36,21 +51,25 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy import stats
 
-from ratchetloop import benchlock, stability
+from ratchetloop import benchlock, measure, stability
 from ratchetloop.experiment import Acceptance
-from ratchetloop.measure import decide, needs_more_rounds
+from ratchetloop.measure import decide, needs_more_rounds, rounds_to_next_look
 
 HERE = Path(__file__).resolve().parent
 SPIN_C = HERE / "synthetic" / "spin.c"
 SPIN_KERNEL = HERE / "synthetic" / "spin_kernel.c"
 SPIN_DRIVER = HERE / "synthetic" / "spin_driver.c"
-EFFECTS = [0.0, 0.01, 0.03, 0.05, 0.10, -0.05]
+EFFECTS = [0.0, 0.01, 0.05, 0.10, 1.0, -0.5, math.inf]
+BEFORE = "b7fe41e"  # the last commit with the rule that had no early look
 
 
 # ---------------------------------------------------------------- synthetic program
@@ -78,61 +97,92 @@ def calibrate(binary: Path, sample_us: float) -> int:
     return max(1000, int(sample_us / per_iter))
 
 
+def label(effect: float) -> str:
+    return "zero" if math.isinf(effect) else f"{effect:+.0%}"
+
+
 # ---------------------------------------------------------------- rules
 
 
-def sequential(cand: list[float], ref: list[float], acc: Acceptance) -> tuple[int, float]:
-    """Replay the harness: batches until needs_more_rounds says stop; (rounds, seconds)."""
-    rounds = 0
-    while True:
-        elapsed = sum(cand[:rounds]) / 1e6 + sum(ref[:rounds]) / 1e6
-        if rounds and not needs_more_rounds({"c": cand[:rounds]}, {"c": ref[:rounds]}, acc,
-                                            True, elapsed):
-            return rounds, elapsed
-        rounds += min(acc.batch_rounds, acc.max_rounds - rounds) or 1
-
-
-def v0_rule(cand: list[float], ref: list[float], acc: Acceptance) -> bool:
-    """The first version: t interval at `confidence` on every look, no correction."""
-    looks = list(range(acc.batch_rounds, acc.max_rounds, acc.batch_rounds)) + [acc.max_rounds]
-    threshold = math.log1p(-acc.min_effect)
-    for n in looks:
-        if n < acc.min_rounds:
-            continue
-        d = np.log(np.asarray(cand[:n]) / np.asarray(ref[:n]))
-        mean, se = float(d.mean()), float(d.std(ddof=1)) / math.sqrt(n)
-        t = float(stats.t.ppf(1 - (1 - acc.confidence) / 2, n - 1))
-        low, high = mean - t * se, mean + t * se
-        if high < 0 and mean <= threshold:
-            return True
-        if low > 0 or high < 0 or low > threshold:
-            return False
-    return False
-
-
-def naive_rule(cand: list[float], ref: list[float], n: int) -> bool:
-    return statistics.median(cand[:n]) < statistics.median(ref[:n])
+def load_before() -> types.ModuleType | None:
+    """measure.py as of BEFORE, as a module (read-only git use); None without git."""
+    try:
+        source = subprocess.run(
+            ["git", "-C", str(HERE), "show", f"{BEFORE}:src/ratchetloop/measure.py"],
+            check=True, capture_output=True, text=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    name = "ratchetloop_measure_before"
+    module = types.ModuleType(name)
+    sys.modules[name] = module  # dataclasses look their module up while decorating
+    exec(compile(source.replace("from .experiment import", "from ratchetloop.experiment import"),
+                 f"{BEFORE}:measure.py", "exec"), module.__dict__)
+    return module
 
 
 @dataclass
-class Row:
-    effect: float
+class Rule:
+    """One acceptance rule with the harness batching that went with it."""
+
+    name: str
+    needs_more: Callable[..., bool]
+    decide: Callable[..., Any]
+    batch: Callable[[int, Acceptance], int]
+
+
+AFTER = Rule("after", needs_more_rounds, decide, rounds_to_next_look)
+
+
+def before_rule(module: types.ModuleType) -> Rule:
+    def batch(rounds: int, acc: Acceptance) -> int:
+        return min(acc.batch_rounds, acc.max_rounds - rounds) or 1  # the old harness loop
+
+    return Rule("before", module.needs_more_rounds, module.decide, batch)
+
+
+def sequential(rule: Rule, cand: list[float], ref: list[float],
+               acc: Acceptance) -> tuple[int, float, measure.Comparison]:
+    """Replay a harness: batches until the rule stops, then its decide; (rounds, s, verdict)."""
+    rounds = 0
+    while True:
+        elapsed = sum(cand[:rounds]) / 1e6 + sum(ref[:rounds]) / 1e6
+        if rounds and not rule.needs_more({"c": cand[:rounds]}, {"c": ref[:rounds]}, acc,
+                                          True, elapsed):
+            break
+        rounds += rule.batch(rounds, acc)
+    dec = rule.decide({"c": {"candidate": cand[:rounds], "best": ref[:rounds]}}, "best", acc)
+    return rounds, elapsed, dec.overall
+
+
+@dataclass
+class Tally:
     verdicts: dict[str, int] = field(default_factory=dict)
     rounds: list[int] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
     ratios: list[float] = field(default_factory=list)
     noise: list[float] = field(default_factory=list)
-    naive_min: int = 0
-    naive_max: int = 0
-    v0: int = 0
-    others: bool = True  # the naive and v0 rules were replayed on the same data
+
+    def add(self, rounds: int, seconds: float, o: measure.Comparison) -> None:
+        self.verdicts[o.verdict] = self.verdicts.get(o.verdict, 0) + 1
+        self.rounds.append(rounds)
+        self.seconds.append(seconds)
+        self.ratios.append(o.ratio)
+        self.noise.append(o.noise)
 
     @property
     def trials(self) -> int:
         return len(self.rounds)
 
-    def rate(self, k: int) -> str:
-        return f"{100 * k / self.trials:5.1f}%"
+    @property
+    def accepts(self) -> int:
+        return self.verdicts.get("better", 0)
+
+
+@dataclass
+class Row:
+    effect: float
+    after: Tally = field(default_factory=Tally)
+    before: Tally | None = None
 
 
 def upper95(k: int, n: int) -> float:
@@ -140,35 +190,70 @@ def upper95(k: int, n: int) -> float:
     return 1.0 if k >= n else float(stats.beta.ppf(0.95, k + 1, n - k))
 
 
+def lower95(k: int, n: int) -> float:
+    """One-sided 95% Clopper-Pearson lower bound on a rate seen k times in n."""
+    return 0.0 if k <= 0 else float(stats.beta.ppf(0.05, k, n - k + 1))
+
+
+def samples_source(args: argparse.Namespace, acc: Acceptance,
+                   work: Path) -> Callable[[float, int], tuple[list[float], list[float]]]:
+    """(effect, seed) -> max_rounds paired samples: the spin program or simulated noise."""
+    if args.simulate is not None:
+        noise, df = args.simulate, args.tails
+        shape = f"Student t{df:g} (sd-scaled)" if df else "normal"
+        print(f"simulated: ~{args.sample_us:g} us per call, log-noise sd {noise:g} per side, "
+              f"{shape}; {acceptance_text(acc)}\n", flush=True)
+
+        def simulated(effect: float, seed: int) -> tuple[list[float], list[float]]:
+            rng = np.random.default_rng(seed)
+
+            def log_noise() -> np.ndarray:
+                if not df:
+                    return rng.normal(0, noise, acc.max_rounds)
+                return noise * rng.standard_t(df, acc.max_rounds) / math.sqrt(df / (df - 2))
+
+            ref = args.sample_us * np.exp(log_noise())
+            cand = args.sample_us / (1 + effect) * np.exp(log_noise())
+            return (cand * (0.0 if math.isinf(effect) else 1.0)).tolist(), ref.tolist()
+
+        return simulated
+    binary = build_spin(work)
+    iters = calibrate(binary, args.sample_us)
+    print(f"spin: {iters} iterations ~ {args.sample_us:g} us per call; "
+          f"{acceptance_text(acc)}\n", flush=True)
+
+    def spun(effect: float, seed: int) -> tuple[list[float], list[float]]:
+        cand_iters = max(1, round(iters / (1 + effect))) if math.isfinite(effect) else iters
+        with benchlock.bench_lock("bench_acceptance"):  # per trial: others interleave
+            cand, ref = run_spin(binary, iters, cand_iters, acc.max_rounds, seed)
+        return ([0.0] * len(cand) if math.isinf(effect) else cand), ref
+
+    return spun
+
+
+def acceptance_text(acc: Acceptance) -> str:
+    return (f"acceptance min_effect={acc.min_effect} confidence={acc.confidence} rounds "
+            f"{acc.min_rounds}..{acc.max_rounds} by {acc.batch_rounds}; early look at "
+            f"{measure.EARLY_ROUNDS} rounds (share {measure.EARLY_SHARE:g} of alpha, "
+            f">= {1 / (1 - measure.EARLY_MIN_EFFECT):.2g}x to accept)")
+
+
 def synthetic(args: argparse.Namespace, acc: Acceptance) -> list[Row]:
     work = Path(tempfile.mkdtemp(prefix="bench-acceptance-"))
     try:
-        binary = build_spin(work)
-        iters = calibrate(binary, args.sample_us)
-        print(f"spin: {iters} iterations ~ {args.sample_us:g} us per call; acceptance "
-              f"min_effect={acc.min_effect} confidence={acc.confidence} rounds "
-              f"{acc.min_rounds}..{acc.max_rounds} by {acc.batch_rounds}\n", flush=True)
+        source = samples_source(args, acc, work)
+        old = load_before()
+        if old is None:
+            print(f"(no git history: the 'before' rule of {BEFORE} is not shown)")
         rows = []
-        for effect in args.effects:
-            cand_iters = max(1, round(iters * (1 - effect)))
-            n_trials = args.aa_trials if effect == 0 else args.trials
-            row = Row(effect)
-            for t in range(n_trials):
-                seed = args.seed * 1_000_003 + t * 7919 + int(effect * 1e4)
-                with benchlock.bench_lock("bench_acceptance"):  # per trial: others interleave
-                    cand, ref = run_spin(binary, iters, cand_iters, acc.max_rounds, seed)
-                rounds, secs = sequential(cand, ref, acc)
-                dec = decide({"c": {"candidate": cand[:rounds], "best": ref[:rounds]}},
-                             "best", acc)
-                o = dec.overall
-                row.verdicts[o.verdict] = row.verdicts.get(o.verdict, 0) + 1
-                row.rounds.append(rounds)
-                row.seconds.append(secs)
-                row.ratios.append(o.ratio)
-                row.noise.append(o.noise)
-                row.naive_min += naive_rule(cand, ref, acc.min_rounds)
-                row.naive_max += naive_rule(cand, ref, acc.max_rounds)
-                row.v0 += v0_rule(cand, ref, acc)
+        for e_index, effect in enumerate(args.effects):
+            row = Row(effect, before=Tally() if old is not None else None)
+            for t in range(args.aa_trials if effect == 0 else args.trials):
+                seed = args.seed * 1_000_003 + t * 7919 + e_index * 104_729
+                cand, ref = source(effect, seed)
+                row.after.add(*sequential(AFTER, cand, ref, acc))
+                if old is not None and row.before is not None:
+                    row.before.add(*sequential(before_rule(old), cand, ref, acc))
             rows.append(row)
             print_row(row, header=len(rows) == 1)
         return rows
@@ -176,21 +261,35 @@ def synthetic(args: argparse.Namespace, acc: Acceptance) -> list[Row]:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def rates(t: Tally, effect: float) -> str:
+    """accept% (bound) | reject% (worse/same) | mean rounds for one rule."""
+    k, n = t.accepts, t.trials
+    if effect <= 0:
+        bound = f" (<={100 * upper95(k, n):.2f}%)"
+    elif effect >= 0.05:
+        bound = f" (>={100 * lower95(k, n):.1f}%)"
+    else:
+        bound = ""
+    worse, same = t.verdicts.get("worse", 0), n - k - t.verdicts.get("worse", 0)
+    return (f"{100 * k / n:5.1f}%{bound} | {100 * (n - k) / n:5.1f}% ({worse}/{same}) | "
+            f"{statistics.mean(t.rounds):.1f}")
+
+
 def print_row(row: Row, header: bool) -> None:
     if header:
-        print("| true speed-up | trials | ratchetloop accept | better/same/worse | "
-              "mean rounds | s/decision | median ratio | noise/round | naive n=min | "
-              "naive n=max | v0 t-rule |")
-        print("|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|")
-    v = row.verdicts
-    acc_k = v.get("better", 0)
-    bound = f" (<= {100 * upper95(acc_k, row.trials):.1f}%)" if row.effect <= 0 else ""
-    print(f"| {row.effect:+.0%} | {row.trials} | {row.rate(acc_k)}{bound} | "
-          f"{acc_k}/{v.get('same', 0)}/{v.get('worse', 0)} | "
-          f"{statistics.mean(row.rounds):.1f} | {statistics.mean(row.seconds):.3f} | "
-          f"{statistics.median(row.ratios):.4f} | {100 * statistics.median(row.noise):.2f}% | "
-          + (f"{row.rate(row.naive_min)} | {row.rate(row.naive_max)} | {row.rate(row.v0)} |"
-             if row.others else "- | - | - |"), flush=True)
+        print("| true speed-up | trials | before: accept | before: reject (worse/same) | "
+              "before: mean rounds | after: accept | after: reject (worse/same) | "
+              "after: mean rounds | after: decided at 3 | s/decision after | "
+              "median ratio | noise/round |")
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    a = row.after
+    before = rates(row.before, row.effect) if row.before else "- | - | -"
+    at3 = sum(r == measure.EARLY_ROUNDS for r in a.rounds) / a.trials
+    ratios = [r for r in a.ratios if math.isfinite(r)]
+    print(f"| {label(row.effect)} | {a.trials} | {before} | {rates(a, row.effect)} | "
+          f"{100 * at3:.0f}% | {statistics.mean(a.seconds):.3f} | "
+          f"{statistics.median(ratios) if ratios else math.nan:.4f} | "
+          f"{100 * statistics.median(a.noise):.2f}% |", flush=True)
 
 
 # ---------------------------------------------------------------- through the harness
@@ -200,7 +299,9 @@ def harness(args: argparse.Namespace, acc: Acceptance) -> list[Row]:
     """The spin kernel through the real driver/worker path: one build per effect, a fresh
     driver and workers per trial, sequential stopping inside `measure`."""
     from ratchetloop.harness import cbuild
-    from ratchetloop.harness.timing import BenchProcess, measure
+    from ratchetloop.harness.result import HarnessFailure
+    from ratchetloop.harness.timing import BenchProcess
+    from ratchetloop.harness.timing import measure as time_impls
 
     target = cbuild.CTarget("spin", "void {name}(float *out, const float *in, long iters)")
     work = Path(tempfile.mkdtemp(prefix="bench-acceptance-harness-"))
@@ -210,35 +311,38 @@ def harness(args: argparse.Namespace, acc: Acceptance) -> list[Row]:
 
         def source(name: str, effect: float) -> cbuild.Impl:
             path = work / f"{name}.c"
-            path.write_text(f"#define WORK {round(1000 * (1 - effect))}\n{kernel}")
+            work_per_mille = round(1000 / (1 + effect))
+            path.write_text(f"#define WORK {work_per_mille}\n{kernel}")
             return cbuild.Impl(name, path)
 
         print(f"spin through the harness: {iters} iterations ~ {args.sample_us:g} us per "
-              f"call; acceptance min_effect={acc.min_effect} confidence={acc.confidence} "
-              f"rounds {acc.min_rounds}..{acc.max_rounds} by {acc.batch_rounds}\n",
-              flush=True)
+              f"call; {acceptance_text(acc)}\n", flush=True)
         rows = []
-        for effect in args.effects:
-            tag = f"e{round(effect * 1000)}"
+        for e_index, effect in enumerate(args.effects):
+            if math.isinf(effect):  # calibration would size every batch for the no-op
+                print("(zero: not in harness mode; a kernel doing no work makes the driver's"
+                      " calibration size the reference's batches for it)", flush=True)
+                continue
+            tag = f"e{e_index}"
             build = cbuild.build(target, [source(f"cand_{tag}", effect), source("best", 0.0)],
                                  [SPIN_DRIVER], work / tag, check=False)
             workers = [("candidate", build.workers[0].binary), ("best", build.workers[1].binary)]
-            row = Row(effect, others=False)
+            row = Row(effect)
             for t in range(args.aa_trials if effect == 0 else args.trials):
-                seed = args.seed * 1_000_003 + t * 7919 + int(effect * 1e4)
+                seed = args.seed * 1_000_003 + t * 7919 + e_index * 104_729
                 with benchlock.bench_lock("bench_acceptance"):
                     bench = BenchProcess(build.driver, cwd=work)
                     try:
-                        timing = measure(bench, [("spin", [iters])], workers, acc, seed=seed,
-                                         min_sample_us=args.sample_us / 2)
+                        timing = time_impls(bench, [("spin", [iters])], workers, acc,
+                                            seed=seed, min_sample_us=args.sample_us / 2)
+                    except HarnessFailure as exc:  # e.g. a busy host trips the idle check
+                        print(f"  {label(effect)} trial {t} skipped: {exc.kind}: {exc.message}",
+                              flush=True)
+                        continue
                     finally:
                         bench.close()
                 o = decide(timing.samples, "best", acc).overall
-                row.verdicts[o.verdict] = row.verdicts.get(o.verdict, 0) + 1
-                row.rounds.append(timing.rounds)
-                row.seconds.append(timing.seconds)
-                row.ratios.append(o.ratio)
-                row.noise.append(o.noise)
+                row.after.add(timing.rounds, timing.seconds, o)
             rows.append(row)
             print_row(row, header=len(rows) == 1)
         return rows
@@ -297,7 +401,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="few trials: a smoke run in ~1 min")
     p.add_argument("--trials", type=int, default=None, help="trials per nonzero effect")
     p.add_argument("--aa-trials", type=int, default=None, help="trials at effect 0 / A/A")
-    p.add_argument("--effects", type=float, nargs="+", default=EFFECTS)
+    p.add_argument("--effects", type=float, nargs="+", default=EFFECTS,
+                   help="true speed-ups (0.05 = 5%% faster, -0.5 = 2x slower, inf = metric 0)")
+    p.add_argument("--simulate", type=float, metavar="NOISE",
+                   help="lognormal noise of this sd per side instead of the spin program")
+    p.add_argument("--tails", type=float, metavar="DF",
+                   help="with --simulate: Student-t log-noise with DF (> 2) degrees of freedom")
     p.add_argument("--sample-us", type=float, default=1000.0,
                    help="length of one timed call (the harness's min_sample_us)")
     p.add_argument("--seed", type=int, default=0)
@@ -310,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-rounds", type=int)
     args = p.parse_args(argv)
     args.trials = args.trials or (30 if args.quick else 200)
-    args.aa_trials = args.aa_trials or (60 if args.quick else 600)
+    args.aa_trials = args.aa_trials or (60 if args.quick else 1000)
 
     report = stability.check_host()
     for w in report.warnings:

@@ -1,15 +1,16 @@
-"""Paired timing statistics and the acceptance decision.
+"""Paired timing statistics and the acceptance decision: one rule for every mode.
 
-eval.py returns, per case, per-round samples of the candidate and of each reference, timed
-interleaved in one session (each implementation in its own worker process) with the order
-randomised per round. Everything here works on
-the paired log-ratios d_i = log(candidate_i / reference_i) (sign flipped for
-higher-is-better, so d < 0 always means "candidate better"): host drift that hits both
-sides of a round cancels out.
+eval.py (or generic mode's runner) returns, per case, per-round samples of the candidate
+and of each reference, timed interleaved in one session (each implementation in its own
+worker process) with the order randomised per round. Everything here works on the paired
+log-ratios d_i = log(candidate_i / reference_i) (sign flipped for higher-is-better, so
+d < 0 always means "candidate better"): host drift that hits both sides of a round cancels
+out. `decide` is the only entry point production and the benchmarks use; `compare` judges
+one pair of series; `needs_more_rounds` / `rounds_to_next_look` drive the harnesses.
 
 Why these statistics
 --------------------
-* Test: Wilcoxon signed-rank (scipy.stats.wilcoxon) on d, with the Hodges-Lehmann
+* Test: Wilcoxon signed-rank (scipy._stats().wilcoxon) on d, with the Hodges-Lehmann
   estimate (median of Walsh averages) and its distribution-free confidence interval.
   Randomising the A/B order every round makes d exactly symmetric about 0 when the two
   sides are the same code, which is the one assumption the signed-rank test needs -- so
@@ -22,22 +23,53 @@ Why these statistics
   of `min_effect` (a one-sided test against the shifted null); "worse" when confidently
   slower. "unsure" only while more rounds could still change the answer: at the final
   look (rounds or time budget exhausted) an unproven candidate is "same" -- rejected.
-* Repeated looks: the harness samples `batch_rounds` at a time and looks at every batch
-  boundary from `min_rounds` on, up to `max_rounds`. Looking K times at alpha each would
-  inflate the false-accept rate up to K*alpha, so the total alpha = 1 - confidence is
-  *spent* across the planned looks with the power function f(t) = alpha * t**2
-  (t = rounds / max_rounds): early looks get a little (they stop only for large, obvious
-  effects), the last look gets most. Per-look
-  levels sum to alpha, so by the union bound the chance of ANY false accept over the
-  whole sequence is <= alpha/2 (the accept side of a two-sided level) whatever the
-  dependence between looks -- simpler and more robust than Lan-DeMets boundaries, which
-  need joint normality, at the cost of a little power. Confidence intervals reported at
-  each look use that look's level (repeated confidence intervals).
+* Repeated looks: the planned looks are the early look at EARLY_ROUNDS = 3 rounds, then
+  every multiple of `batch_rounds` from `min_rounds` on, then `max_rounds`. Looking K times
+  at alpha each would inflate the false-accept rate up to K*alpha, so the total
+  alpha = 1 - confidence is *spent*: the early look gets EARLY_SHARE * alpha, the later
+  looks share the rest by the power function (1 - EARLY_SHARE) * alpha * t**2
+  (t = rounds / max_rounds): early regular looks get a little (they stop only for large,
+  obvious effects), the last look gets most. Per-look levels sum to alpha, so by the union
+  bound the chance of ANY false accept over the whole sequence is <= alpha/2 (the accept
+  side of a two-sided level; the early look's term under its own assumption, below)
+  whatever the dependence between looks -- simpler and more
+  robust than Lan-DeMets boundaries, which need joint normality, at the cost of a little
+  power. Confidence intervals reported at each look use that look's level.
+* The early look (gross differences -- 2x either way, a zero metric -- decided in 3
+  rounds). At n = 3 no test that assumes only symmetry can help: given the |d_i| the 8
+  sign patterns are equally likely, so such a test cannot reject at a level below 1/8
+  (the signed-rank's smallest one-sided p at n = 3 is exactly 1/8). Nor can the t-test's
+  conservativeness under that orthant symmetry (Efron 1969) reach n = 3 at these levels:
+  two-point noise d = +-a (a position effect -- whoever runs second is faster -- or a
+  flaky discrete metric) puts all three rounds on the candidate's side with probability
+  1/8, and the t statistic is then infinite. So the early look adds an assumption and
+  makes it cheap:
+    - a one-sample t-test on d at the early share. It is exact for normal noise and
+      conservative for the heavier tails hosts make (simulated one-sided level at the
+      defaults' nominal 0.125%: normal 0.124%, Laplace 0.076%, Student t2 0.077%, Cauchy
+      0.054%, 10% of rounds 10x noisier 0.097%; but uniform noise 0.29%, two-point 12%);
+    - so an early "better" also needs the estimate to be at least EARLY_MIN_EFFECT better
+      (candidate/reference <= 1 - EARLY_MIN_EFFECT, i.e. 1.5x): to be falsely accepted,
+      the same code must look 1.5x faster in all three randomised rounds and agree to
+      within ~9% (t > 20 at the defaults). Noise does not do that; a broken measurement
+      might, and
+      generic mode's zero-variance rule (below) already trusts three equal rounds;
+    - early "worse"/"same" use the t-test at the early share of REJECT_ALPHA; a wrong
+      early reject costs power only, which bench_acceptance.py measures.
+  Every later look uses the signed-rank rule, so a gross effect the early look misses (an
+  outlier round among the three) is still caught at the regular looks.
 * Rejecting early ("same" / "worse") cannot cause a false accept, only cost power, so it
   uses a looser total level, REJECT_ALPHA = 5%, spent the same way: a candidate that is
   merely as good as the incumbent is dismissed sooner.
 * Several cases: per-case verdicts (for specialists / nonbest winners) divide alpha by
   the number of cases, so "some case falsely accepted" is also held at alpha/2.
+* Deterministic metrics: when both sides are constant over >= 3 rounds there is no noise
+  to test against, so the effect size alone decides (`exact_comparison`): better by at
+  least min_effect, worse if any worse, else same. (Timings are never exactly constant;
+  generic mode's counts and scores often are.)
+* Non-positive metrics (a score of 0, a negative loss): log-ratios need values > 0, so
+  both sides are shifted by the same constant first (`positive`); the verdict then tests
+  the shifted ratio, and the reasons say so.
 """
 
 from __future__ import annotations
@@ -45,10 +77,9 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
-from scipy import stats
 
 from .experiment import Acceptance
 
@@ -57,6 +88,10 @@ Verdict = Literal["better", "worse", "same", "unsure"]
 SPENDING_POWER = 2.0  # f(t) = alpha * t**rho; rho = 2 saves most alpha for the last look
 REJECT_ALPHA = 0.05  # total level for stopping early with "same"/"worse" (costs power only)
 EXACT_MAX_N = 200  # exact signed-rank distribution up to here, normal approximation above
+EARLY_ROUNDS = 3  # the early look: gross differences stop here
+EARLY_SHARE = 0.25  # share of alpha (and of REJECT_ALPHA) spent at the early look
+EARLY_MIN_EFFECT = 1 / 3  # an early "better" must be >= 1.5x better (ratio <= 2/3)
+SHIFTED = "metric shifted positive for the ratio test"
 
 
 @dataclass
@@ -77,7 +112,7 @@ class Comparison:
     exhausted: bool = False  # budget ran out before a confident answer (counts as reject)
     reasons: list[str] = field(default_factory=list)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @property
@@ -102,7 +137,7 @@ class Comparison:
 
 @dataclass
 class Decision:
-    """A whole EvalResult judged against one reference: overall plus per-case."""
+    """A whole EvalResult judged: overall against one reference, each case against its own."""
 
     reference: str
     overall: Comparison
@@ -116,7 +151,7 @@ class Decision:
     def better_cases(self) -> list[str]:
         return [name for name, c in self.cases.items() if c.verdict == "better"]
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "reference": self.reference,
             "overall": self.overall.to_dict(),
@@ -124,20 +159,29 @@ class Decision:
         }
 
 
+
+def _stats() -> Any:
+    """scipy.stats, imported at the first decision: it takes ~0.6 s to load, and commands
+    that never decide (and the path to the first proposal) should not pay for it."""
+    from scipy import stats
+
+    return stats
+
 # ---------------------------------------------------------------- sequential schedule
 
 
 def looks(acceptance: Acceptance) -> list[int]:
     """Round counts at which a decision may be taken.
 
-    The harness samples in batches of `batch_rounds` from zero, so the looks are the
-    multiples of batch_rounds from min_rounds on, plus max_rounds itself.
+    The early look at EARLY_ROUNDS, then the multiples of batch_rounds from min_rounds on,
+    then max_rounds itself (a harness batching to these lands exactly on them).
     """
+    if acceptance.max_rounds <= EARLY_ROUNDS:
+        return [acceptance.max_rounds]
     b = acceptance.batch_rounds
     first = -(-acceptance.min_rounds // b) * b
-    out = [n for n in range(first, acceptance.max_rounds, b)]
-    out.append(acceptance.max_rounds)
-    return out
+    regular = [n for n in range(first, acceptance.max_rounds, b) if n > EARLY_ROUNDS]
+    return [EARLY_ROUNDS, *regular, acceptance.max_rounds]
 
 
 def next_look(rounds: int, acceptance: Acceptance) -> int:
@@ -148,22 +192,37 @@ def next_look(rounds: int, acceptance: Acceptance) -> int:
     return acceptance.max_rounds
 
 
+def rounds_to_next_look(rounds: int, acceptance: Acceptance) -> int:
+    """How many rounds a harness should take now so its next question lands on a look.
+
+    3 from zero (the early look), then up to min_rounds, then batch_rounds at a time.
+    """
+    return max(1, next_look(rounds + 1, acceptance) - rounds)
+
+
+def _spent(i: int, points: list[int], alpha: float) -> float:
+    """Alpha spent up to and including look i (the union bound's running total)."""
+    if i < 0:
+        return 0.0
+    if len(points) == 1:
+        return alpha
+    early = EARLY_SHARE * alpha if points[0] == EARLY_ROUNDS else 0.0
+    if i == 0 and early:
+        return early
+    return early + (alpha - early) * (points[i] / points[-1]) ** SPENDING_POWER
+
+
 def look_alpha(rounds: int, acceptance: Acceptance, total: float | None = None) -> float:
     """Two-sided alpha spent at the look that `rounds` belongs to.
 
     A round count between scheduled looks (e.g. the time budget cut a batch short) is
     charged to the next scheduled look, which then can never be taken, so no share of
-    alpha is ever used twice.
+    alpha is ever used twice. The shares of all looks sum to `total` (default 1 - confidence).
     """
     alpha = 1.0 - acceptance.confidence if total is None else total
     points = looks(acceptance)
     idx = next(i for i, n in enumerate(points) if n >= min(rounds, points[-1]))
-    total = acceptance.max_rounds
-
-    def spent(i: int) -> float:
-        return 0.0 if i < 0 else alpha * (points[i] / total) ** SPENDING_POWER
-
-    return spent(idx) - spent(idx - 1)
+    return _spent(idx, points, alpha) - _spent(idx - 1, points, alpha)
 
 
 # ---------------------------------------------------------------- signed-rank machinery
@@ -191,7 +250,7 @@ def _critical_count(n: int, alpha_two_sided: float) -> int:
         return int(np.searchsorted(cdf, half, side="right")) - 1
     mean = n * (n + 1) / 4
     sd = math.sqrt(n * (n + 1) * (2 * n + 1) / 24)
-    return int(math.floor(mean + stats.norm.ppf(half) * sd - 0.5))
+    return int(math.floor(mean + _stats().norm.ppf(half) * sd - 0.5))
 
 
 def hodges_lehmann(d: np.ndarray, alpha_two_sided: float) -> tuple[float, float, float]:
@@ -209,11 +268,62 @@ def _p_less(x: np.ndarray) -> float:
     """One-sided signed-rank p-value for 'centre of x < 0'; ties at 0 split evenly."""
     if not np.any(x):
         return 1.0
-    return float(stats.wilcoxon(x, alternative="less", zero_method="zsplit").pvalue)
+    return float(_stats().wilcoxon(x, alternative="less", zero_method="zsplit").pvalue)
+
+
+def _t_p_less(x: np.ndarray) -> float:
+    """One-sided t-test p-value for 'mean of x < 0' (zero spread: the sign decides)."""
+    mean, sd = float(np.mean(x)), float(np.std(x, ddof=1))
+    if sd == 0.0:
+        return 0.0 if mean < 0 else 1.0
+    return float(_stats().t.cdf(mean / (sd / math.sqrt(len(x))), len(x) - 1))
+
+
+def _t_interval(d: np.ndarray, alpha_two_sided: float) -> tuple[float, float, float]:
+    """Mean and its (1 - alpha) t interval: the early look's estimate and interval."""
+    n, mean = len(d), float(np.mean(d))
+    half = _stats().t.ppf(1 - alpha_two_sided / 2, n - 1) * float(np.std(d, ddof=1)) / math.sqrt(n)
+    return mean, mean - half, mean + half
 
 
 def _robust_sd(d: np.ndarray) -> float:
     return float(1.4826 * np.median(np.abs(d - np.median(d))))
+
+
+# ---------------------------------------------------------------- special metrics
+
+
+def positive(cand: list[float], ref: list[float]) -> tuple[list[float], list[float]]:
+    """Both sides shifted by one constant so every value is > 0 (log-ratios need it).
+
+    The shift (1 - min + max |v|) keeps differences and puts the smallest value at least
+    max |v| + 1 away from zero, so one near-zero round cannot dominate the ratios.
+    """
+    both = cand + ref
+    if not both or min(both) > 0:
+        return cand, ref
+    shift = 1.0 - min(both) + max(abs(v) for v in both)
+    return [v + shift for v in cand], [v + shift for v in ref]
+
+
+def _constant(values: list[float]) -> bool:
+    return len(values) >= 1 and max(values) == min(values)
+
+
+def exact_comparison(c: float, r: float, n: int, acc: Acceptance,
+                     lower: bool) -> Comparison:
+    """A deterministic metric: no noise, so the effect size is the whole answer."""
+    gain = (r - c) if lower else (c - r)
+    rel = gain / abs(r) if r else (math.inf if gain > 0 else (-math.inf if gain < 0 else 0.0))
+    verdict: Verdict = ("better" if rel >= acc.min_effect and gain > 0 else
+                        "worse" if gain < 0 else "same")
+    ratio = c / r if c > 0 and r > 0 else math.nan
+    return Comparison(
+        verdict=verdict, ratio=ratio, ci_low=ratio, ci_high=ratio,
+        p_value=0.0 if verdict == "better" else 1.0, rounds=n, candidate_median=c,
+        reference_median=r, noise=0.0, lower_is_better=lower,
+        reasons=[f"zero variance: decided on the effect size ({rel:+.2%} vs min_effect"
+                 f" {acc.min_effect:.1%})"])
 
 
 # ---------------------------------------------------------------- the decision
@@ -232,44 +342,57 @@ def compare(
 
     `final` says no more rounds will come (budget exhausted), so "unsure" becomes a
     reject ("same", exhausted=True). `family` is how many comparisons share alpha
-    (per-case verdicts), each getting alpha / family.
+    (per-case verdicts), each getting alpha / family. Constant samples on both sides
+    (>= 3 rounds) are decided on the effect size; non-positive values are shifted first.
     """
-    c = np.asarray(candidate, dtype=float)
-    r = np.asarray(reference, dtype=float)
-    n = min(len(c), len(r))
-    c, r = c[:n], r[:n]
-    med_c = float(np.median(c)) if n else math.nan
-    med_r = float(np.median(r)) if n else math.nan
+    cand = [float(v) for v in candidate]
+    ref = [float(v) for v in reference]
+    n = min(len(cand), len(ref))
+    cand, ref = cand[:n], ref[:n]
+    finite = all(math.isfinite(v) for v in cand + ref)
+    if n >= EARLY_ROUNDS and finite and _constant(cand) and _constant(ref):
+        return exact_comparison(cand[0], ref[0], n, acceptance, lower_is_better)
+    med_c = float(np.median(cand)) if n else math.nan
+    med_r = float(np.median(ref)) if n else math.nan
     alpha = look_alpha(n, acceptance) / max(1, family)
     reject_alpha = look_alpha(n, acceptance, max(REJECT_ALPHA, 1 - acceptance.confidence))
     reject_alpha /= max(1, family)
     base = dict(rounds=n, candidate_median=med_c, reference_median=med_r, alpha=alpha,
                 lower_is_better=lower_is_better)
-    bad = n < 3 or not (np.all(np.isfinite(c)) and np.all(np.isfinite(r)))
-    if bad or np.any(c <= 0) or np.any(r <= 0):
-        why = "fewer than 3 rounds" if n < 3 else "non-positive or non-finite samples"
+    if n < EARLY_ROUNDS or not finite:
+        why = "fewer than 3 rounds" if n < EARLY_ROUNDS else "non-finite samples"
         verdict: Verdict = "same" if final else "unsure"
         return Comparison(verdict, math.nan, math.nan, math.nan, 1.0, exhausted=final,
                           reasons=[why], **base)  # type: ignore[arg-type]
-
-    d = np.log(c / r)
+    reasons: list[str] = []
+    c, r = positive(cand, ref)
+    if (c, r) != (cand, ref):
+        reasons.append(SHIFTED)
+    d = np.log(np.asarray(c) / np.asarray(r))
     if not lower_is_better:
         d = -d
-    est, low, high = hodges_lehmann(d, alpha)
     threshold = math.log1p(-acceptance.min_effect)  # <= 0: the gain that is worth keeping
+    early = n == EARLY_ROUNDS
+    if early:  # see "The early look" in the module docstring
+        est, low, high = _t_interval(d, alpha)
+        p_less = _t_p_less
+        gate = min(threshold, math.log1p(-EARLY_MIN_EFFECT))
+    else:
+        est, low, high = hodges_lehmann(d, alpha)
+        p_less = _p_less
+        gate = threshold
     half = alpha / 2
-    p_better = _p_less(d)
-    reasons: list[str] = []
+    p_better = p_less(d)
     exhausted = False
     # Tests evaluated lazily, in order (scipy's wilcoxon is ~1 ms a call).
-    if n < acceptance.min_rounds and not final:
+    if not early and n < acceptance.min_rounds and not final:
         verdict = "unsure"
         reasons.append(f"{n} < min_rounds {acceptance.min_rounds}")
-    elif p_better <= half and est <= threshold:
+    elif p_better <= half and est <= gate:
         verdict = "better"
-    elif _p_less(-d) <= reject_alpha / 2:
+    elif p_less(-d) <= reject_alpha / 2:
         verdict = "worse"
-    elif _p_less(threshold - d) <= reject_alpha / 2:  # confidently short of min_effect
+    elif p_less(threshold - d) <= reject_alpha / 2:  # confidently short of min_effect
         verdict = "same"
         reasons.append(
             "real gain but below min_effect" if p_better <= half else "no gain of min_effect"
@@ -279,6 +402,8 @@ def compare(
         reasons.append("budget exhausted before a confident answer")
     else:
         verdict = "unsure"
+    if early and verdict != "unsure":
+        reasons.append(f"early look: t-test on {n} rounds")
     sign = 1.0 if lower_is_better else -1.0
 
     def to_ratio(x: float) -> float:
@@ -324,14 +449,15 @@ def needs_more_rounds(
 ) -> bool:
     """Sequential sampling: keep measuring while the overall answer is unsure and budget lasts.
 
-    Decides only at scheduled looks (see `looks`); between them it asks for more rounds, so
-    a harness taking smaller batches cannot spend alpha on unplanned looks.
+    Decides only at scheduled looks (see `looks`; the first is at 3 rounds); between them
+    it asks for more rounds, so a harness taking other batches cannot spend alpha on
+    unplanned looks. `rounds_to_next_look` says how many to take.
     """
     rounds = min((len(v) for v in candidate.values()), default=0)
     rounds = min(rounds, min((len(v) for v in reference.values()), default=0))
     if rounds >= acceptance.max_rounds or elapsed_seconds >= acceptance.max_seconds:
         return False
-    if rounds < acceptance.min_rounds or rounds != next_look(rounds, acceptance):
+    if rounds != next_look(rounds, acceptance):
         return True
     overall = compare(
         _overall_series(candidate, primary),
@@ -351,21 +477,29 @@ def decide(
     candidate: str = "candidate",
     primary: str | None = None,
     final: bool = True,
+    case_references: dict[str, str] | None = None,
 ) -> Decision:
-    """Judge a finished EvalResult's samples[case][impl] against one reference impl.
+    """Judge an EvalResult's samples[case][impl]: the one rule production and benchmarks use.
 
-    Overall uses per-round suite totals (or the primary case); per-case verdicts share
-    alpha across cases. `final` defaults to True: eval.py only stops when the sequential
-    rule is done or the budget ran out, so anything still unsure is a reject.
+    * overall: the `primary` case if given (and measured), else the per-round suite totals
+      over the cases that have both `candidate` and `reference`, against `reference`;
+    * per case: `candidate` against `case_references.get(case, reference)` (the loop passes
+      each case's current specialist holder), the cases sharing alpha (family = number
+      of cases judged), so "some case falsely accepted" stays within the overall level.
+    `final` defaults to True: eval.py only stops when the sequential rule is done or the
+    budget ran out, so anything still unsure is a reject.
     """
+    refs = case_references or {}
     cand = {case: impls[candidate] for case, impls in samples.items()
             if candidate in impls and reference in impls}
     ref = {case: samples[case][reference] for case in cand}
     overall = compare(_overall_series(cand, primary), _overall_series(ref, primary),
                       acceptance, lower_is_better, final=final)
+    judged = {case: (impls[candidate], impls[refs.get(case, reference)])
+              for case, impls in samples.items()
+              if candidate in impls and refs.get(case, reference) in impls}
     cases = {
-        case: compare(cand[case], ref[case], acceptance, lower_is_better, final=final,
-                      family=len(cand))
-        for case in cand
+        case: compare(c, r, acceptance, lower_is_better, final=final, family=len(judged))
+        for case, (c, r) in judged.items()
     }
     return Decision(reference=reference, overall=overall, cases=cases)

@@ -70,7 +70,7 @@ from typing import Any
 from .. import measure, seccomp, stability
 from ..evaluate import EvalRequest, EvalResult, safe_name
 from .cases import case_params, primary_case, read_contract
-from .result import HarnessFailure, main, protect_evaluator, tail
+from .result import HarnessFailure, kill_now, main, protect_evaluator, tail
 
 __all__ = ["FastOnly", "PyExperiment", "evaluate", "protect_evaluator", "run"]
 
@@ -364,12 +364,7 @@ class Worker:
     # -- the end
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                os.kill(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        self.proc.wait()
+        kill_now(self.proc)
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -625,8 +620,9 @@ def measure_all(session: Session, request: EvalRequest, cases: dict[str, tuple],
             stop = "baseline"
             break
         n = acceptance.batch_rounds
-        if refs:
-            n = min(n, acceptance.max_rounds - rounds) or 1
+        if refs:  # end each batch on a look: 3 rounds first, then the regular looks
+            n = min(measure.rounds_to_next_look(rounds, acceptance),
+                    acceptance.max_rounds - rounds) or 1
         for _ in range(n):
             for case, args in cases.items():
                 order = list(workers)

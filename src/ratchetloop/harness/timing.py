@@ -2,16 +2,17 @@
 
 The driver (c/rl_driver.c) stays alive for the whole measurement and owns one worker
 process per implementation: Python names the workers (`impl`), adds the cases, asks for
-calibration and a checked call of everything, then for `batch_rounds` more interleaved
-rounds at a time, calling `ratchetloop.measure.needs_more_rounds()` between batches, so an
-obvious win or loss stops after `min_rounds` while a close call keeps sampling up to
-`max_rounds` / `max_seconds`. Everything read here comes from the driver, never from an
+calibration and a checked call of everything, then asks for interleaved rounds in batches,
+each batch ending on one of the acceptance rule's looks (`measure.rounds_to_next_look`: 3
+rounds, then up to `min_rounds`, then `batch_rounds` at a time), calling
+`ratchetloop.measure.needs_more_rounds()` between batches, so a gross win or loss (2x
+either way) stops after 3 rounds while a close call keeps sampling up to `max_rounds` /
+`max_seconds`. Everything read here comes from the driver, never from an
 implementation; a malformed line is the harness's own fault.
 """
 
 from __future__ import annotations
 
-import os
 import queue
 import signal
 import subprocess
@@ -20,10 +21,11 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 from ..experiment import Acceptance
-from ..measure import needs_more_rounds
-from .result import HarnessFailure, tail
+from ..measure import needs_more_rounds, rounds_to_next_look
+from .result import HarnessFailure, kill_now, tail
 
 
 class BenchProcess:
@@ -84,7 +86,7 @@ class BenchProcess:
                 return answer
             answer.append(got)
 
-    def _died(self, line: str, phase: str) -> None:
+    def _died(self, line: str, phase: str) -> NoReturn:
         rc = self.proc.wait()
         if rc < 0:
             name = signal.Signals(-rc).name if -rc in signal.Signals._value2member_map_ else ""
@@ -94,12 +96,7 @@ class BenchProcess:
                              f"`{line.split()[0]}`", tail(self.stderr), phase=phase)
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                os.kill(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        self.proc.wait()
+        kill_now(self.proc)
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -231,8 +228,8 @@ def measure(
             stop = "baseline"
             break
         n = acceptance.batch_rounds
-        if refs:
-            n = min(n, acceptance.max_rounds - rounds) or 1
+        if refs:  # end each batch on a look: 3 rounds first, then the regular looks
+            n = min(rounds_to_next_look(rounds, acceptance), acceptance.max_rounds - rounds) or 1
         t0 = time.monotonic()
         for line in ask(f"rounds {n}"):
             case, impl, us = _sample(line, cases, impl_names)
