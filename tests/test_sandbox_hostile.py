@@ -20,6 +20,7 @@ import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -97,6 +98,35 @@ def nothing_left_behind(tmp_path: Path) -> Iterator[None]:
     assert leftover_cgroups() == []
 
 
+@pytest.fixture(autouse=True, params=["cold", "warm"])
+def start(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch,
+          nothing_left_behind: None) -> Iterator[str]:
+    """Every test twice: `sandbox.run` (a cold start per run) and `sandbox.Warm().run` (a
+    fork of a pre-started init per run). Warm runs must really be warm wherever the
+    test leaves the warm path possible, and the warm sandbox is closed (its zygote and
+    groups gone) before nothing_left_behind looks."""
+    if request.param == "cold":
+        yield "cold"
+        return
+    warm = sandbox.Warm()
+    seen: list[tuple[bool, str | None]] = []
+
+    def run(*args: Any, **kwargs: Any) -> sandbox.SandboxResult:
+        res = warm.run(*args, **kwargs)
+        seen.append((res.warm, warm.cold_why if kwargs.get("isolate", True) else "isolate"))
+        return res
+
+    monkeypatch.setattr(sandbox, "run", run)
+    try:
+        yield "warm"
+        assert warm.broken is None
+        assert all(was_warm or why for was_warm, why in seen), seen
+        print(f"warm runs: {sum(w for w, _ in seen)} of {len(seen)}")
+    finally:
+        warm.close()
+        monkeypatch.undo()
+
+
 # ----------------------------------------------------------------- time
 
 
@@ -110,7 +140,7 @@ def test_cpu_limit_stops_a_spinner_before_the_wall_clock(bins: Path, work: Path)
     res = sandbox.run([stage(bins, work, "spin")], cwd=work, timeout=30,
                       limits=Limits(cpu_seconds=1))
     assert not res.timed_out
-    assert res.signal in (signal.SIGXCPU, signal.SIGKILL)
+    assert res.signal == signal.SIGKILL  # soft = hard: at the limit the kernel sends SIGKILL
     assert res.wall_seconds < 15
 
 
@@ -455,6 +485,42 @@ def test_readonly_inside_cannot_be_edited_even_during_the_run(work: Path, view: 
     assert snapshot(work) == before
 
 
+def test_the_covered_staging_mount_cannot_be_uncovered(work: Path, view: str) -> None:
+    """The view's staging tmpfs (overlay upper, or the tmpfs copy) is covered, not
+    detached: neither the run (no capabilities) nor a user+mount namespace of its own
+    (all capabilities there, but the copied mounts are locked together) can lift it."""
+    code = """
+        import ctypes, os
+        libc = ctypes.CDLL(None, use_errno=True)
+        stage = b"/dev/.ratchet-stage"
+        open("mine.txt", "w").write("mine")
+
+        def attempt(where):
+            for flags in (0, 2):  # plain, MNT_DETACH
+                ok = libc.umount2(stage, flags) == 0
+                print(where, "UNCOVERED" if ok else os.strerror(ctypes.get_errno()))
+            try:
+                print(where, "lists", os.listdir(stage))
+            except OSError as exc:
+                print(where, "lists", type(exc).__name__)
+
+        attempt("run")
+        if libc.unshare(0x10000000 | 0x00020000) == 0:  # CLONE_NEWUSER | CLONE_NEWNS
+            attempt("userns")
+        else:
+            print("userns", os.strerror(ctypes.get_errno()))
+        print(open("mine.txt").read())
+    """
+    res = sandbox.run([sys.executable, "-c", textwrap.dedent(code)], cwd=work, timeout=20)
+    assert res.ok and res.stdout.rstrip().endswith("mine"), res.stdout + res.stderr
+    assert "UNCOVERED" not in res.stdout, res.stdout
+    for line in res.stdout.splitlines():
+        if " lists [" in line:
+            assert line.endswith("lists []"), res.stdout  # never upper/, work/, mine.txt
+    assert sorted(p.name for p in work.iterdir()) == []
+    print(res.stdout)
+
+
 @need("mount-namespace")
 @pytest.mark.parametrize("bad", ["../outside", "/etc/passwd", "link/input.txt"])
 def test_readonly_inside_that_cannot_be_honoured_fails_closed(work: Path, bad: str) -> None:
@@ -628,4 +694,6 @@ def test_cpu_seconds_count_an_orphaned_grandchild(
 def test_cpu_seconds_after_a_timeout_come_from_the_cgroup(bins: Path, work: Path) -> None:
     res = sandbox.run([stage(bins, work, "spin")], cwd=work, timeout=1.5)
     assert res.timed_out
-    assert res.cpu_seconds is not None and 1.0 <= res.cpu_seconds < res.wall_seconds + 1
+    # The spinner's burn, not just the init's few ms: at least a fifth of the wall clock,
+    # even when a loaded shared machine gives it much less than a core.
+    assert res.cpu_seconds is not None and 0.3 <= res.cpu_seconds < res.wall_seconds + 1

@@ -222,3 +222,95 @@ def test_the_sandbox_as_an_ordinary_user(user: User, scratch: Path,
     for name in layers:
         assert f"sandbox {name} " in doctor.stdout, name
     print(doctor.stdout)
+
+
+WARM_HELPER = '''
+import json, os, secrets, shutil, sys
+from pathlib import Path
+from ratchetloop import sandbox
+
+bins, scratch = Path(sys.argv[1]), Path(sys.argv[2])
+home = Path(os.environ["HOME"])
+secret = "sk-fake-" + secrets.token_hex(16)
+keys = home / ".config" / "ratchetloop" / "keys.json"
+keys.parent.mkdir(parents=True, exist_ok=True)
+keys.write_text(json.dumps({"OPENAI_API_KEY": secret}))
+work = home / "code" / "w"
+work.mkdir(parents=True, exist_ok=True)
+(work / "input.txt").write_text("original\\n")
+shutil.copy2(bins / "daemon", work / "daemon")
+marker = "warm-daemon-" + secrets.token_hex(6)
+KEYRING = (
+    "import ctypes, sys\\n"
+    "libc = ctypes.CDLL(None, use_errno=True)\\n"
+    "ring = ctypes.c_int(-4)\\n"
+    "if sys.argv[1] == 'add':\\n"
+    "    print('added' if libc.syscall(248, b'user', b'rl-warm', b'x', 1, ring) > 0 else 'no')\\n"
+    "else:\\n"
+    "    hit = libc.syscall(250, 10, ring, b'user', b'rl-warm', 0) > 0\\n"
+    "    print('FOUND' if hit else 'absent')\\n")
+
+
+def survivors(text):
+    found = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if text in (d / "cmdline").read_bytes().decode(errors="replace"):
+                    found.append(d.name)
+            except OSError:
+                pass
+    return found
+
+
+box = sandbox.Warm()
+runs = {}
+def run(name, argv, **kw):
+    res = box.run(argv, cwd=work, timeout=30, **kw)
+    runs[name] = {"warm": res.warm, "rc": res.returncode, "stdout": res.stdout[-2000:],
+                  "stderr": res.stderr[-2000:], "error": res.error, "layers": res.layers}
+
+run("steal", ["/bin/sh", "-c", f"cat {keys} || echo hidden; ls -a {home}"])
+run("daemon", [str(work / "daemon"), marker])
+daemon_survivors = survivors(marker)
+run("plant", ["/bin/sh", "-c", "echo changed > input.txt; echo x > new.txt; echo x > /tmp/left;"
+              " ipcmk -M 4096 >/dev/null; echo planted"])
+run("look", ["/bin/sh", "-c", "cat input.txt; ls -a; ls /tmp; ipcs -m | grep -c 0x"])
+run("key-add", [sys.executable, "-c", KEYRING, "add"])
+run("key-look", [sys.executable, "-c", KEYRING, "search"])
+print(json.dumps({"runs": runs, "daemon_survivors": daemon_survivors, "secret": secret,
+                  "cold_why": box.cold_why, "broken": box.broken,
+                  "work": sorted(p.name for p in work.iterdir()),
+                  "input": (work / "input.txt").read_text()}))
+box.close()
+'''
+
+
+def test_the_warm_sandbox_as_an_ordinary_user(user: User, scratch: Path,
+                                              delegated: Path | None) -> None:
+    """Warm().run as a user: each command in its own user namespace (a keyring key of one
+    command is gone for the next), $HOME and keys hidden, nothing carried over."""
+    helper = scratch / "warm_helper.py"
+    helper.write_text(WARM_HELPER)
+    helper.chmod(0o644)
+    proc = as_user(user, [sys.executable, str(helper), str(scratch / "bin"),
+                          str(scratch / "user")], delegated)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout)
+    assert got["cold_why"] is None and got["broken"] is None, got
+    runs = got["runs"]
+    assert all(r["warm"] and r["error"] is None for r in runs.values()), runs
+    assert "user-namespace" in runs["steal"]["layers"]
+    assert "hidden" in runs["steal"]["stdout"] and got["secret"] not in json.dumps(runs)
+    assert "daemon started" in runs["daemon"]["stdout"] and got["daemon_survivors"] == []
+    assert "planted" in runs["plant"]["stdout"]
+    look = runs["look"]["stdout"].split()
+    assert look[0] == "original" and "new.txt" not in look and "left" not in look
+    assert look[-1] == "0"  # no SysV segment carried over
+    assert runs["key-add"]["stdout"].strip() == "added", runs["key-add"]
+    assert runs["key-look"]["stdout"].strip() == "absent", runs["key-look"]
+    assert got["work"] == ["daemon", "input.txt"] and got["input"] == "original\n"
+    if delegated is not None:
+        assert [p.name for p in delegated.iterdir() if p.is_dir()] == []  # groups removed
+    if ROOT:
+        assert _pids_of(user.uid) == []

@@ -316,10 +316,13 @@ class RunGroup:
 
     def join_self(self) -> None:
         """In the child before exec (preexec_fn): it and all its descendants join the groups."""
-        pid = str(os.getpid())
+        self.join(os.getpid())
+
+    def join(self, pid: int) -> None:
+        """Move `pid` into the groups (before it starts anything: children inherit them)."""
         for path in self.dirs:
             with open(path / "cgroup.procs", "w") as fh:
-                fh.write(pid)
+                fh.write(str(pid))
 
     def members(self) -> set[int]:
         """Every process in our groups, sub-groups included."""
@@ -329,10 +332,16 @@ class RunGroup:
                 found.update(int(x) for x in _read(Path(sub) / "cgroup.procs").split())
         return found
 
-    def kill_all(self, deadline: float) -> bool:
-        """Kill every process of the run however it detached; True once the groups are empty."""
+    def kill_all(self, deadline: float, spare: int | None = None) -> bool:
+        """Kill every process of the run however it detached; True once the groups are empty.
+
+        `spare`: a process that stays (a warm sandbox's zygote, which lives in the groups
+        its commands inherit): everything else is frozen, killed and waited for.
+        """
         if not self.dirs:
             return True
+        if spare is not None:
+            return self._kill_all_but(spare, deadline)
         v2 = self.v2 if self.used.get("kill") == "v2" else None
         frz = self.v1.get("freezer") if self.used.get("kill") == "v1" else None
         while True:
@@ -342,10 +351,7 @@ class RunGroup:
                 _write(v2 / "cgroup.freeze", "1")
                 _wait_events(v2, b"frozen 1", deadline)
             if frz is not None:
-                _write(frz / "freezer.state", "FROZEN")
-                while time.monotonic() < deadline and _read(frz / "freezer.state").strip() \
-                        != "FROZEN":
-                    time.sleep(0.002)  # v1 freezer has no event to wait on
+                self._freeze_v1(frz, deadline)
             members = self.members()
             for pid in members:
                 try:
@@ -365,6 +371,40 @@ class RunGroup:
                 return False
             time.sleep(0.005)  # v1 groups have no "empty" event
 
+    def _freeze_v1(self, frz: Path, deadline: float) -> None:
+        _write(frz / "freezer.state", "FROZEN")
+        while time.monotonic() < deadline and _read(frz / "freezer.state").strip() != "FROZEN":
+            time.sleep(0.002)  # v1 freezer has no event to wait on
+
+    def _kill_all_but(self, spare: int, deadline: float) -> bool:
+        """kill_all() for groups a process of ours stays in (so no cgroup.kill, and no
+        "populated 0" event): freeze, SIGKILL the rest, thaw, until only `spare` is left."""
+        v2 = self.v2 if self.used.get("kill") == "v2" else None
+        frz = self.v1.get("freezer") if self.used.get("kill") == "v1" else None
+        while True:
+            if not self.members() - {spare}:
+                return True
+            if v2 is not None:
+                _write(v2 / "cgroup.freeze", "1")
+                _wait_events(v2, b"frozen 1", deadline)
+            if frz is not None:
+                self._freeze_v1(frz, deadline)
+            for pid in self.members() - {spare}:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            if v2 is not None:
+                _write(v2 / "cgroup.freeze", "0")
+            if frz is not None:
+                _write(frz / "freezer.state", "THAWED")
+            if not self.members() - {spare}:
+                return True
+            if time.monotonic() > deadline:
+                self.problems.append(("kill", f"processes left in {self.dirs} after the kill"))
+                return False
+            time.sleep(0.002)  # dying processes leave the groups a moment later
+
     def cpu_seconds(self) -> float | None:
         """User+system CPU of everything that ran in the group (the init included)."""
         if self.used.get("cpu") == "v2" and self.v2 is not None:
@@ -376,17 +416,21 @@ class RunGroup:
         return None
 
     def oom_killed(self) -> bool:
+        return self.oom_count() > 0
+
+    def oom_count(self) -> int:
+        """OOM kills in the group so far (v1 without oom_kill: times the limit was hit)."""
         if self.used.get("memory") == "v2" and self.v2 is not None:
             m = re.search(r"^oom_kill (\d+)", _read(self.v2 / "memory.events"), re.M)
-            return bool(m and int(m.group(1)) > 0)
+            return int(m.group(1)) if m else 0
         mem = self.v1.get("memory")
         if mem is None:
-            return False
+            return 0
         m = re.search(r"^oom_kill (\d+)", _read(mem / "memory.oom_control"), re.M)
         if m:
-            return int(m.group(1)) > 0
+            return int(m.group(1))
         failcnt = _read(mem / "memory.failcnt").strip()
-        return failcnt.isdigit() and int(failcnt) > 0
+        return int(failcnt) if failcnt.isdigit() else 0
 
     def remove(self) -> None:
         for path in self.dirs:
@@ -429,6 +473,6 @@ def sweep_stale(parent: Path) -> None:
         return
     for path in entries:
         parts = path.name.split("-")
-        owner = parts[2] if parts[1] in ("self", "probe") else parts[1]
+        owner = parts[2] if parts[1] in ("self", "probe", "warm") and len(parts) > 2 else parts[1]
         if owner.isdigit() and not Path(f"/proc/{owner}").exists():
             _rmdir_tree(path)

@@ -1,8 +1,11 @@
 """The sandbox's init: the first process inside the namespaces, before the command.
 
-Run as `python -I -S .../sandbox/init.py --init CONFIG_JSON` (by file path, so it works
-whatever the command's environment is). Standard library only: it must not import the
-ratchetloop package, which may not even be reachable once the filesystem view is built.
+Cold: run as `python -I -S .../sandbox/init.py --init CONFIG` (CONFIG: the marshalled
+config, in hex; by file path, so it works whatever the command's environment is) under
+`unshare`. Warm: `--zygote FD` starts a server that forks, per command, what `unshare` does
+and then this same init (`zygote_main`). Standard library only, and few imports (each
+costs start-up time on every cold run): it must not import the ratchetloop package, which
+may not even be reachable once the filesystem view is built.
 
 It builds the filesystem view (read-only everything, private /tmp and /run, minimal /dev,
 $HOME hidden, a private writable view of the work dir, read-only paths inside it, keys
@@ -15,18 +18,17 @@ declared artefacts back to the real work dir.
 from __future__ import annotations
 
 import ctypes
-import fnmatch
-import json
+import marshal
 import os
-import re
 import resource
-import shutil
 import signal
 import stat
 import sys
 from collections.abc import Callable, Iterator, Mapping
-from pathlib import Path
 from typing import Any
+
+# Imported where needed (json, re, shutil, fnmatch, pathlib cost milliseconds of start-up
+# on every cold run; most runs never need them).
 
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_NOATIME, MS_NODIRATIME, MS_BIND, MS_REC = 32, 1024, 2048, 4096, 16384
@@ -40,7 +42,10 @@ DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
 RESULT_FD = 3
 STAGE = "/dev/.ratchet-stage"
 # Artefact names: plain, no leading dot (.git, .gitconfig) or dash (option injection).
-ARTEFACT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\Z")
+ARTEFACT_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
+CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
+CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
+PR_SET_PDEATHSIG = 1
 
 
 class SetupError(Exception):
@@ -66,10 +71,27 @@ def _umount(libc: ctypes.CDLL, target: str) -> None:
         raise SetupError(f"umount {target}: {os.strerror(ctypes.get_errno())}")
 
 
+def _read_text(path: str) -> str:
+    with open(path) as fh:
+        return fh.read()
+
+
+def _touch(path: str) -> None:
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o644))
+
+
+def artefact_name_ok(name: str) -> bool:
+    """Plain names only: [A-Za-z0-9_.-], not starting with a dot or a dash."""
+    return bool(name) and name[0] not in ".-" and set(name) <= ARTEFACT_CHARS
+
+
 def _mountinfo() -> Iterator[tuple[str, int]]:
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+    for line in _read_text("/proc/self/mountinfo").splitlines():
         fields = line.split()
-        point = re.sub(r"\\(\d{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
+        point = fields[4]
+        if "\\" in point:
+            import re
+            point = re.sub(r"\\(\d{3})", lambda m: chr(int(m.group(1), 8)), point)
         flags = 0
         for opt in fields[5].split(","):
             flags |= _MOUNT_OPTS.get(opt, 0)
@@ -134,7 +156,7 @@ def setup_fs(cfg: Mapping[str, Any]) -> WorkView:
         _mount(libc, "tmpfs", h, "tmpfs", MS_NOSUID | MS_NODEV, opts)
     _mount(libc, "tmpfs", "/dev", "tmpfs", MS_NOSUID | MS_NOEXEC, "size=1m,mode=755")
     for n, fd in dev_fds.items():
-        Path(f"/dev/{n}").touch()
+        _touch(f"/dev/{n}")
         _mount(libc, f"/proc/self/fd/{fd}", f"/dev/{n}", None, MS_BIND)
     os.mkdir("/dev/shm")
     _mount(libc, "tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, tmp_opts)
@@ -171,10 +193,16 @@ def _stage_tmpfs(libc: ctypes.CDLL, size: int, mode: int) -> None:
     _mount(libc, "tmpfs", STAGE, "tmpfs", MS_NOSUID | MS_NODEV, f"size={size},mode={mode:o}")
 
 
-def _unstage(libc: ctypes.CDLL) -> None:
-    """Detach the staging mount: what we keep of it is reachable by our fds only."""
-    _umount(libc, STAGE)
-    os.rmdir(STAGE)
+def _unstage(libc: ctypes.CDLL, path: str = STAGE) -> None:
+    """Make a staging mount unreachable: what we keep of it is reachable by our fds only.
+
+    Covered by an empty read-only tmpfs rather than unmounted: a lazy unmount waits for an
+    RCU grace period (milliseconds on every run), and nobody in the view holds the
+    capability to uncover it (in a user namespace of its own the copies are locked
+    together, as for the hidden $HOME). It only ever holds the run's own writes.
+    """
+    _mount(libc, "tmpfs", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+           "size=4k,mode=0")
 
 
 def _overlay_view(libc: ctypes.CDLL, cfg: Mapping[str, Any], work_fd: int,
@@ -207,6 +235,7 @@ def _copy_view(libc: ctypes.CDLL, cfg: Mapping[str, Any], work_fd: int,
     secret = set(cfg["hide_files"])
     src = f"/proc/self/fd/{work_fd}"
 
+    import shutil
     special = _only_files(links=True)
 
     def skip(directory: str, names: list[str]) -> list[str]:
@@ -264,11 +293,15 @@ def _cover_files(libc: ctypes.CDLL, paths: list[str]) -> None:
 
 def _detached_rw_handle(libc: ctypes.CDLL, fd: int) -> int:
     """A writable handle on a directory that no path in this namespace leads to."""
-    os.mkdir(STAGE, 0o700)
-    _mount(libc, f"/proc/self/fd/{fd}", STAGE, None, MS_BIND)
-    _mount(libc, None, STAGE, None, MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV)
-    handle = os.open(STAGE, os.O_PATH | os.O_DIRECTORY)
-    _unstage(libc)
+    where = STAGE + "-rw"
+    os.mkdir(where, 0o700)
+    _mount(libc, f"/proc/self/fd/{fd}", where, None, MS_BIND)
+    _mount(libc, None, where, None, MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV)
+    handle = os.open(where, os.O_PATH | os.O_DIRECTORY)
+    # A writable way into the real dir: detached outright (not just covered), whatever
+    # the lazy unmount's grace period costs (runs that declare artefacts only).
+    _umount(libc, where)
+    os.rmdir(where)
     return handle
 
 
@@ -294,7 +327,7 @@ def _bind_back(libc: ctypes.CDLL, fd: int, path: str, *, readonly: bool) -> None
         os.makedirs(path, exist_ok=True)
     else:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        Path(path).touch()
+        _touch(path)
     _mount(libc, f"/proc/self/fd/{fd}", path, None, MS_BIND)
     # A bind mount inherits the (now read-only) flags of its source mount: set them anew.
     flags = MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV | (MS_RDONLY if readonly else 0)
@@ -310,11 +343,12 @@ def copy_artefacts(view: WorkView, patterns: list[str], cap: int) -> None:
     """
     if view.src_fd is None or view.rw_fd is None:
         return
+    import fnmatch
     total = 0
     for name in sorted(os.listdir(view.src_fd)):
         if not any(fnmatch.fnmatchcase(name, p) for p in patterns):
             continue
-        if not ARTEFACT_NAME.match(name):
+        if not artefact_name_ok(name):
             _note(f"artefact {name!r} skipped: name not plain [A-Za-z0-9_.-]")
             continue
         try:
@@ -347,6 +381,15 @@ def copy_artefacts(view: WorkView, patterns: list[str], cap: int) -> None:
             _note(f"artefact {name!r} not copied back: {exc.strerror}")
         finally:
             os.close(src)
+
+
+def _wait_for(pid: int) -> int:
+    """waitpid(pid) to the end, whatever signal interrupts it; the raw status."""
+    while True:
+        try:
+            return os.waitpid(pid, 0)[1]
+        except InterruptedError:
+            continue
 
 
 def _note(text: str) -> None:
@@ -382,7 +425,7 @@ def _children(pid: int) -> list[int]:
         if not entry.name.isdigit():
             continue
         try:
-            text = Path(f"/proc/{entry.name}/stat").read_text()
+            text = _read_text(f"/proc/{entry.name}/stat")
         except OSError:
             continue
         if int(text.rsplit(")", 1)[1].split()[1]) == pid:
@@ -418,25 +461,35 @@ def end_tree(pid_ns: bool) -> None:
             continue
 
 
-def _exec_command(cfg: Mapping[str, Any], result_fd: int | None) -> None:
-    """In the forked child: hand over fd 3 (only if asked), restore signals, exec."""
-    try:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        # Python ignores SIGPIPE and SIGXFSZ; ignored signals survive exec: restore them.
-        for sig in (signal.SIGTERM, signal.SIGALRM, signal.SIGPIPE, signal.SIGXFSZ):
-            signal.signal(sig, signal.SIG_DFL)
-        status_fd = cfg["status_fd"]
-        if result_fd is not None:
-            if result_fd != RESULT_FD:
-                os.dup2(result_fd, RESULT_FD)
-                os.close(result_fd)
+def _which(name: str, path: str) -> str:
+    """What execvpe(name, ..., env) would run: `path` is the command's own PATH."""
+    if "/" in name:
+        return name
+    for d in path.split(os.pathsep):
+        candidate = os.path.join(d or ".", name)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    raise FileNotFoundError(2, "No such file or directory")
+
+
+def _spawn_command(cfg: Mapping[str, Any], result_fd: int | None) -> int:
+    """Start the command: fd 3 is the result channel (only if asked), the status fd is
+    not inherited, signals Python ignores are restored. posix_spawn, not fork + exec: the
+    C library starts it without copying this Python process (a millisecond or two)."""
+    status_fd = cfg["status_fd"]
+    actions: list[tuple[int, ...]] = []
+    if status_fd >= 0:
+        actions.append((os.POSIX_SPAWN_CLOSE, status_fd))
+    if result_fd is not None:
+        if result_fd == RESULT_FD:
             os.set_inheritable(RESULT_FD, True)
-        if status_fd >= 0 and not (result_fd is not None and status_fd == RESULT_FD):
-            os.close(status_fd)
-        os.execvpe(cfg["argv"][0], cfg["argv"], cfg["env"])
-    except OSError as exc:
-        _note(f"cannot run {cfg['argv'][0]!r}: {exc}")
-    os._exit(127)
+        else:  # dup2 leaves the copy inheritable; the original is close-on-exec
+            actions.append((os.POSIX_SPAWN_DUP2, result_fd, RESULT_FD))
+    exe = _which(cfg["argv"][0], cfg["env"].get("PATH", os.defpath))
+    # Python ignores SIGPIPE and SIGXFSZ; ignored signals survive exec: restore them.
+    return os.posix_spawn(exe, cfg["argv"], cfg["env"], file_actions=actions,
+                          setsigdef=(signal.SIGTERM, signal.SIGALRM, signal.SIGPIPE,
+                                     signal.SIGXFSZ))
 
 
 def init_main(cfg: Mapping[str, Any]) -> int:
@@ -478,11 +531,15 @@ def init_main(cfg: Mapping[str, Any]) -> int:
     if cfg.get("deadline"):
         signal.signal(signal.SIGALRM, on_term)
         signal.setitimer(signal.ITIMER_REAL, float(cfg["deadline"]))
-    pid = os.fork()
-    if pid == 0:
-        _exec_command(cfg, result_fd)
-    if result_fd is not None:
-        os.close(result_fd)
+    try:
+        pid = _spawn_command(cfg, result_fd)
+    except OSError as exc:
+        _note(f"cannot run {cfg['argv'][0]!r}: {exc}")
+        report("exit", 127, 0.0)
+        return 127
+    finally:
+        if result_fd is not None:
+            os.close(result_fd)
     while True:
         try:
             got, status = os.waitpid(-1, 0)
@@ -507,15 +564,147 @@ def init_main(cfg: Mapping[str, Any]) -> int:
     return code
 
 
-if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--init":
+def _recv_fds(sock: Any, size: int) -> tuple[bytes, list[int]]:
+    """One message and the descriptors passed with it (SCM_RIGHTS)."""
+    import array
+    import socket
+    msg, anc, _flags, _addr = sock.recvmsg(size, socket.CMSG_SPACE(16 * 4))
+    fds: list[int] = []
+    for level, kind, data in anc:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            got = array.array("i")
+            got.frombytes(data[:len(data) - len(data) % got.itemsize])
+            fds += list(got)
+    return msg, fds
+
+
+def zygote_main(sock_fd: int) -> int:
+    """The warm sandbox's server (`Warm` in warm.py): a started, imported init that forks a
+    command half per request, so no run pays for Python's start-up.
+
+    It runs outside any namespace, as the caller; it never runs a command itself, never
+    changes its own mounts, limits or credentials, and nothing a command starts can see or
+    signal it (each command gets namespaces of its own, below). Per request: fork, reap,
+    report "done <wait status>"; it exits when the parent hangs up.
+    """
+    import socket
+    sock = socket.socket(fileno=sock_fd)
+    sock.sendall(b"ready")
+    while True:
         try:
-            sys.exit(init_main(json.loads(sys.argv[2])))
+            msg, fds = _recv_fds(sock, 1 << 20)
+        except InterruptedError:
+            continue
+        except OSError:
+            return 0
+        if not msg:
+            return 0  # the parent closed the warm sandbox or died
+        try:
+            req = marshal.loads(msg)
+            pid = os.fork()
+        except (ValueError, EOFError, TypeError, OSError):
+            for fd in fds:
+                os.close(fd)
+            sock.sendall(b"done -1")
+            continue
+        if pid == 0:
+            code = 125
+            try:
+                sock.close()
+                code = _command_half(req, fds)
+            except BaseException as exc:  # noqa: BLE001 - never return into the server loop
+                _note(f"setup failed: warm sandbox: {exc!r}")
+            os._exit(code)
+        for fd in fds:
+            os.close(fd)
+        status = _wait_for(pid)
+        try:
+            sock.sendall(f"done {status}".encode())
+        except OSError:
+            return 0
+
+
+def _command_half(req: Mapping[str, Any], fds: list[int]) -> int:
+    """In the zygote's child, for one command: what `unshare` does on the cold path, then
+    the init as pid 1 of its own fresh namespaces (user for non-root callers; pid, net,
+    ipc, uts, mount), exactly as on the cold path.
+
+    fds: stdout, stderr, status pipe, the parent's handshake socket[, result file]. The
+    parent moves us into the run's fresh cgroups between "hello" and "go", so everything
+    we start is in them; rlimits are set here (inherited by the whole tree).
+    """
+    import socket
+    out, err, status_fd, sync_fd = fds[:4]
+    result = fds[4] if len(fds) > 4 else None
+    null = os.open("/dev/null", os.O_RDWR)
+    os.dup2(null, 0)
+    os.dup2(out, 1)
+    os.dup2(err, 2)
+    for fd in (null, out, err):
+        if fd > 2:
+            os.close(fd)
+    os.setsid()
+    for which, value in req["rlimits"]:
+        try:
+            resource.setrlimit(which, (value, value))
+        except (ValueError, OSError):
+            pass
+    sync = socket.socket(fileno=sync_fd)
+    sync.sendall(b"hello")  # the parent reads our pid from the kernel (SO_PASSCRED)
+    if sync.recv(16) != b"go":
+        return 125
+    sync.close()
+
+    def fail(why: str) -> int:
+        _note(f"setup failed: {why}")
+        os.write(status_fd, b"error 1\n")
+        return 125
+
+    libc = _libc()
+    uid, gid = os.geteuid(), os.getegid()
+    if libc.unshare(ctypes.c_int(req["unshare"])) != 0:
+        return fail(f"unshare: {os.strerror(ctypes.get_errno())}")
+    if req["unshare"] & CLONE_NEWUSER:  # as `unshare --map-root-user`: us -> root, only us
+        try:
+            for name, text in (("setgroups", "deny"), ("uid_map", f"0 {uid} 1"),
+                               ("gid_map", f"0 {gid} 1")):
+                with open(f"/proc/self/{name}", "w") as fh:
+                    fh.write(text)
+        except OSError as exc:
+            return fail(f"user namespace map: {exc}")
+    cfg = dict(req["cfg"], status_fd=status_fd, result_fd=result)
+    pid = os.fork()
+    if pid == 0:  # pid 1 of the new pid namespace: when it exits, the namespace dies
+        code = 125
+        try:
+            libc.prctl(PR_SET_PDEATHSIG, ctypes.c_ulong(signal.SIGKILL), 0, 0, 0)
+            code = init_main(cfg)
+        except BaseException as exc:  # noqa: BLE001 - as the cold init's __main__
+            _note(f"init crashed: {exc!r}")
+        os._exit(code)
+    os.close(status_fd)
+    if result is not None:
+        os.close(result)
+    status = _wait_for(pid)
+    if os.WIFSIGNALED(status):  # as unshare does: die the way the init died
+        sig = os.WTERMSIG(status)
+        signal.signal(sig, signal.SIG_DFL)
+        os.kill(os.getpid(), sig)
+        return 128 + sig
+    return os.WEXITSTATUS(status)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] in ("--init", "--zygote"):
+        try:
+            if sys.argv[1] == "--zygote":
+                sys.exit(zygote_main(int(sys.argv[2])))
+            sys.exit(init_main(marshal.loads(bytes.fromhex(sys.argv[2]))))
         except BaseException as exc:  # noqa: BLE001 - the init must never hang or spew
             if isinstance(exc, SystemExit):
                 raise
             print(f"ratchet sandbox: init crashed: {exc!r}", file=sys.stderr, flush=True)
             os._exit(125)
-    print("usage: init.py --init CONFIG_JSON (internal to ratchetloop.sandbox)",
+    print("usage: init.py --init CONFIG | --zygote FD (internal to ratchetloop.sandbox)",
           file=sys.stderr)
     sys.exit(2)

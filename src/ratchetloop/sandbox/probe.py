@@ -9,7 +9,7 @@ not hold.
 from __future__ import annotations
 
 import functools
-import json
+import marshal
 import os
 import shutil
 import subprocess
@@ -98,8 +98,9 @@ def init_config(argv: Sequence[str], cwd: Path, child_env: Mapping[str, str], *,
 
 
 def init_argv(cfg: Mapping[str, Any]) -> list[str]:
-    """The init runs by file path, isolated (-I) and without site (-S): stdlib only."""
-    return [sys.executable, "-I", "-S", str(INIT_PATH), "--init", json.dumps(cfg)]
+    """The init runs by file path, isolated (-I) and without site (-S): stdlib only. The
+    config is marshalled (the same interpreter reads it; json would cost its import)."""
+    return [sys.executable, "-I", "-S", str(INIT_PATH), "--init", marshal.dumps(dict(cfg)).hex()]
 
 
 @dataclass(frozen=True)
@@ -168,6 +169,14 @@ def seccomp() -> tuple[bool, str]:
     if proc.returncode != 0 or proc.stdout.strip() != "2":
         return False, f"a test filter was refused: {proc.stderr.strip()[-200:]}"
     return True, f"kernel accepts filters (we run in seccomp mode {mode}; a test filter held)"
+
+
+def private_work_view() -> bool:
+    """Do runs here (isolate=True, Limits.work_bytes set: the defaults) work on a private
+    view of their work dir, discarded at exit, so that a run cannot write the real dir at
+    all (the "work-dir" layer)? Callers may rely on that to reuse a run's directory."""
+    return bool(namespaces()["mount"] and mount_setup().ok
+                and not {"mount-namespace", "work-dir"} & _RUNTIME_FAILURES.keys())
 
 
 def record_failure(layer: str, why: str) -> None:

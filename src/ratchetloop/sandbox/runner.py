@@ -1,13 +1,18 @@
 """The parent side: start the init inside the namespaces and cgroups, wait, clean up.
 
 `run()` never raises for anything the child does; a sandbox that cannot be set up is
-reported in `SandboxResult.error` and the command does not run.
+reported in `SandboxResult.error` and the command does not run. `run_with()` is the whole of
+it with the starting, waiting and killing left to a `Launcher`: `_Cold` here (unshare and a
+new init per run), warm.py's for a fork of a pre-started init; both share the config,
+limits, layers and result built here. Waits are events (pidfds), never sleep-polls.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import resource
+import select
 import signal
 import subprocess
 import sys
@@ -16,7 +21,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any, Protocol
 
 from . import cgroups, probe
 from .env import RESULT_FD_VAR, child_env, homes
@@ -57,6 +62,7 @@ class SandboxResult:
     result: bytes | None = None  # what the command wrote on fd 3 (result_channel=True)
     result_truncated: bool = False
     cpu_seconds: float | None = None  # user+system CPU of the whole tree, from outside
+    warm: bool = False  # ran in a warm sandbox (Warm.run), not a cold start
 
     @property
     def ok(self) -> bool:
@@ -88,25 +94,27 @@ def keep_paths(run_env: Mapping[str, str], argv: Sequence[str], extra: Sequence[
     return sorted(p for p in real if not any(q != p and _under(p, q) for q in real))
 
 
-def _limit_child(limits: Limits, cgroup: cgroups.RunGroup | None) -> None:
+def rlimit_values(limits: Limits, cgroup: Group | None) -> list[tuple[int, int]]:
+    """(resource, value) pairs the whole tree runs under (soft = hard)."""
+    out = [(resource.RLIMIT_CPU, limits.cpu_seconds)]
+    if limits.address_space_bytes is not None:
+        out.append((resource.RLIMIT_AS, limits.address_space_bytes))
+    out += [(resource.RLIMIT_FSIZE, limits.file_bytes), (resource.RLIMIT_NOFILE, limits.open_files),
+            (resource.RLIMIT_CORE, 0)]
+    if os.geteuid() != 0 and (cgroup is None or "pids" not in cgroup.used):
+        out.append((resource.RLIMIT_NPROC, limits.processes + _count_own_processes()))
+    return out
+
+
+def _limit_child(values: list[tuple[int, int]], cgroup: cgroups.RunGroup | None) -> None:
     """preexec_fn: join the cgroups, then set rlimits (inherited by the whole tree)."""
     if cgroup is not None:
         cgroup.join_self()
-
-    def setl(which: int, value: int) -> None:
+    for which, value in values:
         try:
             resource.setrlimit(which, (value, value))
         except (ValueError, OSError):
             pass
-
-    setl(resource.RLIMIT_CPU, limits.cpu_seconds)
-    if limits.address_space_bytes is not None:
-        setl(resource.RLIMIT_AS, limits.address_space_bytes)
-    setl(resource.RLIMIT_FSIZE, limits.file_bytes)
-    setl(resource.RLIMIT_NOFILE, limits.open_files)
-    setl(resource.RLIMIT_CORE, 0)
-    if os.geteuid() != 0 and (cgroup is None or "pids" not in cgroup.used):
-        setl(resource.RLIMIT_NPROC, limits.processes + _count_own_processes())
 
 
 def _count_own_processes() -> int:
@@ -120,6 +128,21 @@ def _count_own_processes() -> int:
             except OSError:
                 pass
     return n
+
+
+def scratch_file(in_memory: bool) -> IO[bytes]:
+    """An unlinked read-write file for a run's stdout, stderr or result.
+
+    In memory (memfd) when the run's memory cgroup bounds what it can write there (the
+    pages are charged to the writer; RLIMIT_FSIZE caps each file either way): creating
+    and dropping a temp file on a journalled /tmp costs about a millisecond per run.
+    """
+    if in_memory:
+        try:
+            return open(os.memfd_create("ratchet-sandbox", os.MFD_CLOEXEC), "w+b")
+        except (AttributeError, OSError):
+            pass
+    return tempfile.TemporaryFile()
 
 
 def _read_capped(fh: IO[bytes], cap: int) -> tuple[str, bool]:
@@ -154,15 +177,15 @@ def _read_status(fd: int) -> tuple[str, int, float | None] | None:
     return words[0], int(words[1]), cpu
 
 
-def _kill_tree(proc: subprocess.Popen[bytes], cgroup: cgroups.RunGroup | None) -> None:
+def _kill_tree(proc: subprocess.Popen[bytes], cgroup: Group | None) -> None:
     """Kill everything the run started, however it tried to escape; wait until it is gone."""
     if proc.poll() is None:
         # Without a pid namespace the init kills its own leftovers on SIGTERM; with one,
         # unshare's death takes the namespace's init (and so the namespace) with it.
         try:
             proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=0.5)
-        except (OSError, subprocess.TimeoutExpired):
+            _wait_exit(proc, 0.5)
+        except OSError:
             pass
     _killpg(proc.pid)
     if cgroup is not None:
@@ -182,6 +205,154 @@ def _killpg(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _wait_exit(proc: subprocess.Popen[bytes], timeout: float) -> bool:
+    """Wait for `proc` to exit; True if it is still running after `timeout` seconds.
+
+    Woken by the kernel (a pidfd) the moment it exits: Popen.wait(timeout) polls with
+    sleeps of up to 50 ms, which was most of what a short run cost.
+    """
+    try:
+        fd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):  # no pidfds (old kernel) or already reaped
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return True
+        return False
+    try:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        deadline = time.monotonic() + timeout
+        while proc.poll() is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return True
+            poller.poll(max(1, math.ceil(left * 1000)))
+        return False
+    finally:
+        os.close(fd)
+
+
+class LaunchUnavailable(Exception):
+    """The launcher could not start anything (nothing ran): the caller may go the cold way."""
+
+
+class Group(Protocol):
+    """The cgroups one run is accounted and killed in (cgroups.RunGroup, or a warm
+    sandbox's share of its long-lived groups)."""
+
+    used: dict[str, str]
+    problems: list[tuple[str, str]]
+
+    def layers(self) -> list[str]: ...
+
+    def kill_all(self, deadline: float) -> bool: ...
+
+    def oom_killed(self) -> bool: ...
+
+    def cpu_seconds(self) -> float | None: ...
+
+    def remove(self) -> None: ...
+
+
+class Launcher(Protocol):
+    """How the init gets started, waited for and killed: `_Cold` (unshare + a new init
+    process per run) or warm.py's launcher (a fork of a pre-started init)."""
+
+    def group(self, limits: Limits) -> Group: ...
+
+    def start(self, cfg: dict[str, Any], plan: Plan, *, cwd: Path, out: IO[bytes],
+              err: IO[bytes], status_w: int, result_fd: int | None, limits: Limits,
+              cgroup: Group | None, timeout: float) -> str | None: ...
+
+    def wait(self, timeout: float) -> bool: ...
+
+    def kill(self, cgroup: Group | None) -> None: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+
+@dataclass
+class Plan:
+    """What a run will use here: namespaces, work view, layers, environment."""
+
+    ns: dict[str, bool]
+    mount: bool
+    work_mode: str
+    layers: list[str]
+    run_env: dict[str, str]
+    dropped: list[str]
+
+
+def plan(limits: Limits, env: Mapping[str, str] | None, isolate: bool,
+         result_channel: bool) -> Plan:
+    """Namespaces and mount setup as probed (cached), the layers they give, the env."""
+    ns = probe.namespaces() if isolate else dict(probe.NO_NAMESPACES)
+    setup = probe.mount_setup() if ns["mount"] else None
+    mount = setup is not None and setup.ok
+    # "real": the real dir, read-write (work_bytes=None, or no mount namespace at all)
+    work_mode = setup.mode if setup and setup.mode and limits.work_bytes is not None else "real"
+    layers = ["session", "rlimits", "env-allowlist", "output-cap", "init-reaper"]
+    layers += [f"{k}-namespace" for k in ("user", "pid", "net", "mount") if ns[k]
+               and (k != "mount" or mount)]
+    if ns["ipc"] and ns["uts"]:
+        layers.append("ipc/uts-namespaces")
+    if mount:
+        layers += ["home-hidden", "keys-hidden"]
+        if limits.work_bytes is not None:  # None: the real dir, read-write
+            layers += ["work-dir", "disk-quota"]
+    run_env, dropped = child_env(env)
+    if mount:
+        run_env["TMPDIR"] = "/tmp"
+        run_env["HOME"] = "/tmp"
+    if result_channel:
+        run_env[RESULT_FD_VAR] = "3"
+    return Plan(ns, mount, work_mode, layers, run_env, dropped)
+
+
+class _Cold:
+    """A fresh `unshare` + init process per run (what `run()` does)."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.cgroup: cgroups.RunGroup | None = None
+
+    def group(self, limits: Limits) -> Group:
+        self.cgroup = cgroups.RunGroup(limits.memory_bytes, limits.processes,
+                                       cgroups.available())
+        return self.cgroup
+
+    def start(self, cfg: dict[str, Any], plan: Plan, *, cwd: Path, out: IO[bytes],
+              err: IO[bytes], status_w: int, result_fd: int | None, limits: Limits,
+              cgroup: Group | None, timeout: float) -> str | None:
+        cmd = probe.wrapper(plan.ns, mount=plan.mount) + probe.init_argv(cfg)
+        fds = (status_w,) if result_fd is None else (status_w, result_fd)
+        values = rlimit_values(limits, cgroup)
+        joined = self.cgroup
+        try:
+            self.proc = subprocess.Popen(
+                cmd, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                env={"PATH": plan.run_env.get("PATH", "/usr/bin:/bin")},
+                start_new_session=True, pass_fds=fds,
+                preexec_fn=lambda: _limit_child(values, joined),
+            )
+        except (OSError, subprocess.SubprocessError) as exc:
+            return f"could not start the sandbox: {exc}"
+        return None
+
+    def wait(self, timeout: float) -> bool:
+        return self.proc is not None and _wait_exit(self.proc, timeout)
+
+    def kill(self, cgroup: Group | None) -> None:
+        if self.proc is not None:
+            _kill_tree(self.proc, cgroup)
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.returncode if self.proc is not None else None
 
 
 def run(
@@ -207,74 +378,69 @@ def run(
     there comes back as `SandboxResult.result`. `isolate=False` skips namespaces and
     cgroups (session, rlimits, env scrub and the init remain).
     """
+    return run_with(_Cold(), argv, cwd=cwd, timeout=timeout, limits=limits, env=env,
+                    ro_paths=ro_paths, isolate=isolate, result_channel=result_channel,
+                    artefacts=artefacts, readonly_inside=readonly_inside)
+
+
+def run_with(
+    launch: Launcher,
+    argv: Sequence[str],
+    *,
+    cwd: Path,
+    timeout: float,
+    limits: Limits,
+    env: Mapping[str, str] | None,
+    ro_paths: Sequence[Path],
+    isolate: bool,
+    result_channel: bool,
+    artefacts: Sequence[str],
+    readonly_inside: Sequence[str],
+) -> SandboxResult:
+    """`run()` with a given launcher: everything but starting/waiting/killing is shared,
+    so the cold and the warm path build the same config, limits and result."""
     start = time.monotonic()
-    ns = probe.namespaces() if isolate else dict(probe.NO_NAMESPACES)
-    setup = probe.mount_setup() if ns["mount"] else None
-    mount = setup is not None and setup.ok
-    # "real": the real dir, read-write (work_bytes=None, or no mount namespace at all)
-    work_mode = setup.mode if setup and setup.mode and limits.work_bytes is not None else "real"
-    layers = ["session", "rlimits", "env-allowlist", "output-cap", "init-reaper"]
-    layers += [f"{k}-namespace" for k in ("user", "pid", "net", "mount") if ns[k]
-               and (k != "mount" or mount)]
-    if ns["ipc"] and ns["uts"]:
-        layers.append("ipc/uts-namespaces")
-    if mount:
-        layers += ["home-hidden", "keys-hidden"]
-        if limits.work_bytes is not None:  # None: the real dir, read-write
-            layers += ["work-dir", "disk-quota"]
-    run_env, dropped = child_env(env)
-    if mount:
-        run_env["TMPDIR"] = "/tmp"
-        run_env["HOME"] = "/tmp"
-    if result_channel:
-        run_env[RESULT_FD_VAR] = "3"
+    p = plan(limits, env, isolate, result_channel)
+    layers = list(p.layers)
     cgroup = None
     if isolate:
-        cgroup = cgroups.RunGroup(limits.memory_bytes, limits.processes, cgroups.available())
+        cgroup = launch.group(limits)
         layers += cgroup.layers()
     status_r, status_w = os.pipe()
     hidden_homes = homes()
     timed_out = False
     error: str | None = None
-    proc: subprocess.Popen[bytes] | None = None
     status: tuple[str, int, float | None] | None = None
     result: bytes | None = None
     result_truncated = False
     try:
-        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
-                tempfile.TemporaryFile() as result_file:
-            keep = keep_paths(run_env, argv, ro_paths, hidden_homes)
+        in_memory = cgroup is not None and "memory" in cgroup.used
+        with scratch_file(in_memory) as out, scratch_file(in_memory) as err, \
+                scratch_file(in_memory) as result_file:
+            keep = keep_paths(p.run_env, argv, ro_paths, hidden_homes)
             cfg = probe.init_config(
-                argv, cwd, run_env, mount=mount, pid_ns=ns["pid"],
-                work_mode=work_mode, keep=keep,
+                argv, cwd, p.run_env, mount=p.mount, pid_ns=p.ns["pid"],
+                work_mode=p.work_mode, keep=keep,
                 status_fd=status_w, result_fd=result_file.fileno() if result_channel else None,
                 readonly=readonly_inside, artefacts=artefacts, tmp_bytes=limits.tmp_bytes,
                 work_bytes=limits.work_bytes, artefact_bytes=limits.artefact_bytes,
                 # The init enforces the wall clock too (a little later than we do), so the
                 # tree dies on time even if this process is killed and never cleans up.
                 deadline=timeout + 5.0)
-            cmd = probe.wrapper(ns, mount=mount) + probe.init_argv(cfg)
-            fds = (status_w, result_file.fileno()) if result_channel else (status_w,)
             try:
-                proc = subprocess.Popen(
-                    cmd, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                    env={"PATH": run_env.get("PATH", "/usr/bin:/bin")},
-                    start_new_session=True, pass_fds=fds,
-                    preexec_fn=lambda: _limit_child(limits, cgroup),
-                )
-            except (OSError, subprocess.SubprocessError) as exc:
-                error = f"could not start the sandbox: {exc}"
-            finally:
-                os.close(status_w)
-            if proc is not None:
                 try:
-                    proc.wait(timeout=timeout)
-                except subprocess.TimeoutExpired:
-                    timed_out = True
-                except BaseException:  # Ctrl-C in the loop: the tree must not outlive it
-                    _kill_tree(proc, cgroup)
-                    raise
-                _kill_tree(proc, cgroup)
+                    error = launch.start(
+                        cfg, p, cwd=cwd, out=out, err=err, status_w=status_w,
+                        result_fd=result_file.fileno() if result_channel else None,
+                        limits=limits, cgroup=cgroup, timeout=timeout)
+                finally:
+                    os.close(status_w)
+                if error is None:
+                    timed_out = launch.wait(timeout)
+            except BaseException:  # Ctrl-C in the loop: the tree must not outlive it
+                launch.kill(cgroup)
+                raise
+            launch.kill(cgroup)
             status = _read_status(status_r)
             stdout, t1 = _read_capped(out, limits.output_bytes)
             stderr, t2 = _read_capped(err, limits.output_bytes)
@@ -291,7 +457,7 @@ def run(
             cgroup.remove()
             for function, why in cgroup.problems:
                 probe.record_failure(f"cgroup-{function}", why)
-    rc = proc.returncode if proc is not None else None
+    rc = launch.returncode
     cpu: float | None = None
     if status is not None:
         kind, value, cpu = status
@@ -313,7 +479,7 @@ def run(
         layers=layers,
         oom_killed=oom,
         error=error,
-        dropped_env=dropped,
+        dropped_env=p.dropped,
         result=result,
         result_truncated=result_truncated,
         # The init's count after reaping everything; the cgroup's when the init could not
