@@ -6,11 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
+from fakeservers import FakeModelServer
 from generic_helpers import calc_reply, calc_value, git, make_repo
 
 from ratchetloop import Loop
 from ratchetloop.errors import RatchetError
-from ratchetloop.metrics import CompositeMetric
+from ratchetloop.metrics import CompositeMetric, LatencyMetric, LLMJudge
+from ratchetloop.proposers.openai import OpenAIProposer
 from ratchetloop.proposers.replay import ReplayProposer
 
 
@@ -117,3 +119,44 @@ def test_command_number_reads_its_own_result_channel_first(tmp_path):
     twice = 'echo 1 >&"$RATCHET_RESULT_FD"; echo 2 >&"$RATCHET_RESULT_FD"'
     with pytest.raises(RuntimeError, match="2 values"):
         CommandNumber(twice)(str(target))
+
+
+def test_loop_takes_the_direction_from_the_metric(tmp_path):
+    repo = make_repo(tmp_path)
+    target = str(repo / "calc.py")
+    latency = LatencyMetric("python3 score.py", runs=1, warmup=0)
+    loop = Loop(target=target, metric=latency, proposer=ReplayProposer([]))
+    assert loop.higher_is_better is False  # a latency is minimised, not maximised
+    loop.run(iterations=0)
+    contract = json.loads((loop.repo / ".ratchet" / "calc" / "experiment.json").read_text())
+    assert contract["direction"] == "lower_is_better"
+    assert Loop(target=target, metric=LLMJudge("r", "m")).higher_is_better is True
+    assert Loop(target=target, metric=calc_value).higher_is_better is True  # undeclared
+    assert Loop(target=target, metric=calc_value, higher_is_better=False).higher_is_better is False
+    assert Loop(target=target, metric=latency, higher_is_better=False).higher_is_better is False
+    with pytest.raises(RatchetError, match="LatencyMetric is lower is better"):
+        Loop(target=target, metric=latency, higher_is_better=True)
+
+
+def judged_loop(root: Path, judge: LLMJudge, tag: str) -> Loop:
+    root.mkdir()
+    replies = [calc_reply(n, f"return {n}") for n in range(1, 6)]
+    return Loop(target=str(make_repo(root) / "calc.py"), metric=judge, tag=tag,
+                proposer=ReplayProposer(replies))
+
+
+def test_llm_judge_spending_counts_in_the_run_and_is_held_to_its_budget(tmp_path):
+    with FakeModelServer(default_text="5") as srv:  # each reply: 100 prompt + 20 completion
+        model = OpenAIProposer("judge", base_url=srv.openai_base_url, local=True,
+                               max_tokens=50, key_var=None)
+        result = judged_loop(tmp_path / "a", LLMJudge("Rate.", model), "a").run(iterations=1)
+        judged = len(srv.posts())
+        limited = judged_loop(tmp_path / "b", LLMJudge("Rate.", model), "b").run(
+            iterations=5, max_tokens=1000)
+        more = len(srv.posts()) - judged
+    usage = json.loads((result.folder / "SCORES.json").read_text())["usage"]
+    assert judged >= 9  # the seed's rounds, then candidate and incumbent
+    assert (usage["prompt_tokens"], usage["completion_tokens"]) == (100 * judged, 20 * judged)
+    assert limited.stop_reason.startswith("token budget 1000 would be exceeded")
+    assert 0 < more and 120 * more <= 1000  # every judge request was held to the budget
+    assert limited.usage is not None and limited.usage.total_tokens == 120 * more

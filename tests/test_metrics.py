@@ -60,3 +60,22 @@ def test_llm_judge_against_the_fake_openai_server(tmp_path):
         body = srv.posts()[0].body
     text = str(body)
     assert "Rate clarity." in text and "helpful support agent" in text
+
+
+def test_llm_judge_counts_its_spending_and_is_held_to_the_budget(tmp_path):
+    from ratchetloop.budget import Budget, BudgetExceeded
+    from ratchetloop.proposers.openai import OpenAIProposer
+
+    target = tmp_path / "prompt.md"
+    target.write_text("Be kind.\n")
+    with FakeModelServer(default_text="6") as srv:  # each reply: 100 prompt + 20 completion
+        model = OpenAIProposer("judge", base_url=srv.openai_base_url, local=True,
+                               max_tokens=50, key_var=None)
+        judge = LLMJudge("Rate kindness.", model)
+        judge.budget = Budget(max_tokens=300)
+        assert judge(str(target)) == 6 and judge(str(target)) == 6
+        with pytest.raises(BudgetExceeded, match="token budget 300"):
+            judge(str(target))  # 240 spent + about 110 more could cross 300
+        assert len(srv.posts()) == 2
+    assert judge.usage.total_tokens == 240
+    assert judge.budget.totals.total_tokens == 240  # the run's totals, when Loop shares it

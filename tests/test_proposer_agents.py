@@ -182,3 +182,20 @@ def test_missing_executable_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(ProposerError, match="not on PATH"):
         CodexCLIProposer().propose("x")
+
+
+def test_budget_is_checked_before_the_agent_is_started(fakebin):
+    from ratchetloop.budget import Budget, BudgetExceeded
+
+    (fakebin / "reply").write_text(json.dumps(CLAUDE_OK))
+    p = ClaudeCLIProposer("claude-sonnet-4-6")
+    p.budget = Budget(max_tokens=10_000)  # the reply alone is assumed up to 16000
+    with pytest.raises(BudgetExceeded, match="token budget 10000"):
+        p.propose("x")
+    assert not (fakebin / "seen.json").exists()  # never started
+    p.budget = Budget(max_cost=1.0)  # priced by its model: $0.24 at most
+    assert p.propose("x").usage.cost_usd == pytest.approx(0.0123)
+    codex = CodexCLIProposer()  # no model, so no price: a cost budget cannot be held
+    codex.budget = Budget(max_cost=1.0)
+    with pytest.raises(BudgetExceeded, match="price of codex-cli is unknown"):
+        codex.propose("x")

@@ -108,3 +108,33 @@ def test_temperature_refused_is_dropped_and_retried():
         bodies = [r.body for r in srv.posts()]
     assert out.text == "ok" and len(notices) == 1
     assert bodies[0]["temperature"] == 0.7 and "temperature" not in bodies[1]
+
+
+def test_a_request_is_priced_at_max_tokens_and_its_cache_write_before_it_is_sent():
+    from ratchetloop.budget import Budget, BudgetExceeded, prompt_tokens
+
+    stable = "EXPERIMENT TEXT " * 300
+    with FakeModelServer(["ok"]) as srv:
+        p = make(srv, max_tokens=10_000)  # $15/MTok out: $0.15, whatever the reply
+        p.budget = Budget(max_cost=0.15)
+        with pytest.raises(BudgetExceeded, match=r"cost budget \$0\.1500") as info:
+            p.propose(f"{stable}\n{CACHE_BREAK}\nrest")
+        assert srv.posts() == []
+        p.budget = Budget(max_cost=0.16)
+        assert p.propose(f"{stable}\n{CACHE_BREAK}\nrest").text == "ok"
+    estimate = info.value.estimate
+    assert estimate.completion_tokens == 10_000
+    assert estimate.cache_write_tokens == prompt_tokens(stable + "\n")  # at $3.75, not $3
+    assert estimate.cost_usd == pytest.approx(
+        (estimate.cache_write_tokens * 3.75 + (estimate.prompt_tokens
+         - estimate.cache_write_tokens) * 3 + 10_000 * 15) / 1e6)
+
+
+def test_malformed_reply_keeps_its_usage():
+    body = {"content": "not a list", "usage": {"input_tokens": 900, "output_tokens": 40}}
+    with FakeModelServer([Reply(body=body)]) as srv:
+        with pytest.raises(ProposalFailed) as info:
+            make(srv).propose("x")
+    assert info.value.kind == "malformed_response"
+    assert (info.value.usage.prompt_tokens, info.value.usage.completion_tokens) == (900, 40)
+    assert info.value.usage.cost_usd == pytest.approx((900 * 3 + 40 * 15) / 1e6)

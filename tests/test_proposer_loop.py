@@ -1,6 +1,7 @@
 """Whole loop through a real SDK backend: the fake OpenAI-compatible server answers with
-real C for the linear experiment; usage lands in SCORES.json; the key is in no written file
-and never reaches the sandboxed candidate."""
+real code; usage lands in SCORES.json; the key is in no written file and never reaches the
+sandboxed candidate (a C snooper is stopped by security.py before it compiles; a Python one
+that security.py lets through runs and finds no key in its environment)."""
 
 from __future__ import annotations
 
@@ -17,10 +18,8 @@ from ratchetloop.loop import Options, run_loop
 from ratchetloop.proposers.registry import resolve
 from ratchetloop.proposers.retry import RetryPolicy
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc"),
-]
+pytestmark = pytest.mark.slow
+needs_gcc = pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
 
 CANARY = "sk-LOOPCANARY-5a4b3c2d1e0f"
 
@@ -38,7 +37,8 @@ void matmul_forward(float* out, const float* inp, const float* weight, const flo
 }
 """
 
-# Hostile: tries to read the key from its environment and smuggle it out via stderr.
+# Hostile: tries to read the key from its environment and smuggle it out via stderr;
+# security.py refuses getenv, stdio and fprintf, so it never compiles.
 SNOOP = """#include <stdio.h>
 #include <stdlib.h>
 
@@ -56,8 +56,29 @@ void matmul_forward(float* out, const float* inp, const float* weight, const flo
 """
 
 
-def reply(source: str, note: str) -> str:
-    return f"Here is my attempt.\n\n```c\n{source.strip()}\n```\nNote: {note}\n"
+# Hostile and past security.py (no banned module, call or dunder): reads the worker's whole
+# environment at import time. Its answers say what it saw: -1 if the key or its variable is
+# there, -2 if the environment could not be read (the driver always sets OMP_NUM_THREADS),
+# else a correct iterative fib, thousands of times faster than the seed.
+PY_SNOOP = """import posix
+
+_SEEN = b" ".join(k + b"=" + v for k, v in posix.environ.items())
+_VERDICT = -1 if b"LOOPCANARY" in _SEEN or b"API_KEY" in _SEEN else (
+    0 if b"OMP_NUM_THREADS=" in _SEEN else -2)
+
+
+def fib(n):
+    if _VERDICT:
+        return _VERDICT
+    a, b = 0, 1
+    for _ in range(n):
+        a, b = b, a + b
+    return a
+"""
+
+
+def reply(source: str, note: str, lang: str = "c") -> str:
+    return f"Here is my attempt.\n\n```{lang}\n{source.strip()}\n```\nNote: {note}\n"
 
 
 def all_text(root: Path) -> str:
@@ -71,6 +92,7 @@ def all_text(root: Path) -> str:
     return "\n".join(chunks)
 
 
+@needs_gcc
 def test_loop_with_openai_backend_records_usage_and_never_writes_the_key(exp_repo, monkeypatch):
     folder = exp_repo("linear", cases=["small_nobias"])
     repo = folder.parents[1]
@@ -93,25 +115,49 @@ def test_loop_with_openai_backend_records_usage_and_never_writes_the_key(exp_rep
     assert len(posts) == 3
     assert all(p.headers.get("authorization") == f"Bearer {CANARY}" for p in posts)
     sc = json.loads((folder / "SCORES.json").read_text())
-    total = json.dumps(sc)
-    assert "1200" in total or "2400" in total  # usage reached the scoreboard
-    u = sc["usage"]
+    u = sc["usage"]  # the one answered request's usage; the 503 and the bad body add none
+    assert (u["prompt_tokens"], u["completion_tokens"], u["cached_prompt_tokens"]) == (
+        1200, 300, 1024)
     md = (folder / "SCORES.md").read_text()  # and its rendering, with the cost
-    assert f"cumulative usage: {u['prompt_tokens'] + u['completion_tokens']} total tokens" in md
-    assert f"cached prompt {u['cached_prompt_tokens']}" in md and u["cached_prompt_tokens"] > 0
-    assert "estimated cost $" in md or "estimated cost unknown" in md
+    assert ("- cumulative usage: 1500 total tokens (prompt 1200, completion 300, cached prompt"
+            f" 1024), estimated cost ${u['cost_usd']:.6f}\n") in md
+    assert u["cost_usd"] > 0  # gpt-4.1-mini is in the price table
     request = json.loads((folder / "runs" / "0001" / "request.json").read_text())
     assert request["model"] == "gpt-4.1-mini" and request["temperature"] == 0.4
     assert "matmul_forward" in (folder / "runs" / "0001" / "response.txt").read_text()
     assert "{not json" in (folder / "runs" / "0002" / "response.txt").read_text()
+    # the C snooper never got past security.py: recorded, never compiled or run
+    first = summary.outcomes[0]
+    assert (first.status, first.failure_kind) == ("failed", "security")
+    assert "`getenv` is not allowed" in first.message
+    verdict = json.loads((folder / "runs" / "0001" / "security.json").read_text())
+    assert verdict["ok"] is False
+    assert not (folder / "runs" / "0001" / "result.json").exists()
     text = all_text(repo)
-    # the snooping candidate was stopped by the experiment's security rules, or it ran and
-    # found no key in its environment; either way it is recorded
-    assert summary.outcomes[0].failure_kind == "security" or "KEY=(none)" in text
     assert "reads the environment" in text
     assert CANARY not in text
 
 
+def test_a_candidate_past_security_reads_its_environment_and_finds_no_key(
+        exp_repo, monkeypatch) -> None:
+    folder = exp_repo("fib", cases=["fib18"])
+    exp = experiment_mod.load(folder)
+    assert exp.security_check()(PY_SNOOP) == []  # it really is past the first filter
+    monkeypatch.setenv("OPENAI_API_KEY", CANARY)
+    with FakeModelServer([reply(PY_SNOOP, "reads the environment", "python")],
+                         default_text=None) as srv:
+        monkeypatch.setenv("OPENAI_BASE_URL", srv.openai_base_url)
+        proposer = resolve("gpt-4.1-mini", exp, temperature=0.4)
+        summary = run_loop(exp, proposer, Options(iterations=1, drift_every=0))
+        posts = srv.posts()
+    assert posts[0].headers.get("authorization") == f"Bearer {CANARY}"  # the loop had it
+    # accepted as the best: it ran in the sandbox, read a non-empty environment, and found
+    # neither the key nor a variable named like one (else it would have answered -1 or -2)
+    assert summary.outcomes[0].status == "accepted_best"
+    assert CANARY not in all_text(folder.parents[1])
+
+
+@needs_gcc
 def test_ratchet_run_with_openai_compatible_server(exp_repo):
     """`ratchet run linear --model openai-compatible:fake@<url>` as a real subprocess."""
     from conftest import run_ratchet

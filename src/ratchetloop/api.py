@@ -1,7 +1,7 @@
 """The Python API: `Loop(target=..., metric=..., directives=..., proposer=...).run(n)`.
 
 It is a front for generic mode, not another loop: it writes .ratchet/<tag>/ like
-`ratchet init`, then calls the core run_loop with a GenericAdapter. A metric may be a
+`ratchet init`, then calls the core run_loop with a GenericWorkspace. A metric may be a
 command (str) or a callable `metric(target_path) -> float`. Callables never run in the
 loop's process: they are pickled by reference (module + qualified name, or a helper
 object from ratchetloop.metrics) and called in a child python inside the sandbox, in the
@@ -15,6 +15,17 @@ are called in-process.
 clean copy of its tree); `unit=` (default: the metric's own `unit`, e.g. "s" for
 LatencyMetric) turns on the plausibility rule for time metrics; `implausible="reject"`
 rejects a winner whose CPU time contradicts its claim instead of flagging it.
+
+Direction: `higher_is_better` defaults to the metric's own (`LatencyMetric` is lower is
+better, `LLMJudge` and `CompositeMetric` higher); a metric that declares none -- a command,
+a plain function, a `CommandNumber` without one -- is maximised unless told otherwise. An
+explicit argument that contradicts the metric's declaration is refused rather than
+silently optimising the wrong way; to override a metric on purpose, set its own
+`higher_is_better`.
+
+Spending: `max_cost=` / `max_tokens=` (Options) hold every request of the run -- the
+proposer's and any LLMJudge's inside the metric -- and the judge's usage counts into the
+run's totals (`LoopResult.usage`, SCORES.json).
 """
 
 from __future__ import annotations
@@ -31,15 +42,17 @@ from typing import Any
 
 from . import experiment as experiment_mod
 from . import gitops, sandbox
+from .budget import BudgetExceeded, attach_budget
 from .errors import RatchetError
 from .evaluate import PACKAGE_SRC
-from .generic.adapter import GenericAdapter, Measure, Measured, measured_from
 from .generic.contract import MetricSpec
 from .generic.init import init_project
 from .generic.results import ResultsReporter, read_rows
+from .generic.workspace import GenericWorkspace, Measure, Measured, measured_from
 from .loop import Options, Outcome, QuietReporter, run_loop
+from .metrics import LLMJudge
 from .proposers import registry
-from .scores import Scores
+from .scores import Scores, UsageTotals
 
 CHILD_KEY = MetricSpec(channel="fd")  # the child writes its value to the result channel
 
@@ -53,6 +66,7 @@ class LoopResult:
     stop_reason: str
     history: list[dict[str, str]] = field(default_factory=list)  # results.tsv rows
     folder: Path = Path(".")
+    usage: UsageTotals | None = None  # tokens and cost so far, LLMJudge requests included
 
 
 class _Printer(QuietReporter):
@@ -68,7 +82,7 @@ class _Printer(QuietReporter):
 class Loop:
     def __init__(self, target: str | Sequence[str], metric: str | Callable[[str], float],
                  directives: str | None = None, proposer: Any = None,
-                 higher_is_better: bool = True, *, readonly: Sequence[str] = (),
+                 higher_is_better: bool | None = None, *, readonly: Sequence[str] = (),
                  repo: str | Path | None = None, tag: str | None = None,
                  timeout: float = 300.0, acceptance: dict[str, Any] | None = None,
                  metric_regex: str | None = None, verbose: bool = False,
@@ -80,7 +94,8 @@ class Loop:
         self.editable = [self._rel(t) for t in targets]
         self.readonly = [self._rel(t) for t in readonly]
         self.metric, self.directives, self.proposer = metric, directives, proposer
-        self.higher_is_better, self.timeout, self.acceptance = higher_is_better, timeout, acceptance
+        self.higher_is_better = direction(metric, higher_is_better)
+        self.timeout, self.acceptance = timeout, acceptance
         self.metric_regex, self.verbose = metric_regex, verbose
         self.check, self.implausible = check, implausible
         self.unit = unit if unit is not None else str(getattr(metric, "unit", "") or "")
@@ -111,20 +126,47 @@ class Loop:
         exp = experiment_mod.load(folder)
         measure_fn = None if isinstance(self.metric, str) else callable_measure(
             self.metric, folder, self.editable[0], self.timeout, self.readonly)
-        adapter = GenericAdapter(exp, measure_fn)
-        adapter.prepare()
+        workspace = GenericWorkspace(exp, measure_fn)
+        workspace.prepare()
         proposer = (registry.resolve(self.proposer, exp) if self.proposer is None
                     or isinstance(self.proposer, str) else self.proposer)
+        # One budget for the run: the loop binds it to SCORES' totals and the limits.
+        budget = attach_budget(proposer, options.get("max_cost"), options.get("max_tokens"))
+        for judge in judges(self.metric):
+            judge.budget = budget
         reporter = ResultsReporter(_Printer() if self.verbose else QuietReporter(), folder)
         summary = run_loop(exp, proposer, Options(iterations=iterations, **options), reporter,
-                           adapter)
+                           workspace)
         best = summary.best
         return LoopResult(
             best_metric=best.score if best else None,
             seed_metric=summary.seed.score if summary.seed else None,
             best_commit=None if best is None or best.commit == "seed" else best.commit,
-            branch=adapter.trees.branch, stop_reason=summary.stop_reason,
-            history=read_rows(folder / "results.tsv"), folder=folder)
+            branch=workspace.trees.branch, stop_reason=summary.stop_reason,
+            history=read_rows(folder / "results.tsv"), folder=folder, usage=summary.usage)
+
+
+def direction(metric: Any, higher_is_better: bool | None) -> bool:
+    """The direction to optimise: the caller's, else the metric's declared one, else higher.
+    A caller contradicting the metric's declaration is refused (see the module docstring)."""
+    declared = getattr(metric, "higher_is_better", None)
+    declared = declared if isinstance(declared, bool) else None
+    if higher_is_better is None:
+        return True if declared is None else declared
+    if declared is not None and declared != higher_is_better:
+        word = "higher" if declared else "lower"
+        raise RatchetError(
+            f"{type(metric).__name__} is {word} is better, but higher_is_better="
+            f"{higher_is_better} was passed: drop the argument, or set the metric's own"
+            " higher_is_better to optimise it the other way on purpose")
+    return higher_is_better
+
+
+def judges(metric: Any) -> list[LLMJudge]:
+    """The LLMJudges in a metric (a composite's parts too): they spend the run's budget."""
+    if isinstance(metric, LLMJudge):
+        return [metric]
+    return [j for part, _ in getattr(metric, "parts", []) for j in judges(part)]
 
 
 def callable_measure(metric: Callable[[str], float], folder: Path, target: str,
@@ -145,6 +187,8 @@ def callable_measure(metric: Callable[[str], float], folder: Path, target: str,
             if spec is None:
                 try:
                     value: float | None = float(m(path))
+                except BudgetExceeded:
+                    raise  # not the candidate's doing: the run stops, with the reason
                 except Exception as exc:
                     return Measured(None, traceback.format_exc()[-3000:], "crash",
                                     f"metric raised {type(exc).__name__}: {exc}"[:300])

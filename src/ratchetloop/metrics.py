@@ -26,10 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from .generic.contract import MetricSpec, read_channel, read_metric
+from .proposers.base import ProposalFailed, Usage
 
 
 class Metric:
-    """Base: `in_process` is True only for metrics that never run candidate code."""
+    """Base: `in_process` is True only for metrics that never run candidate code.
+    `higher_is_better` is the direction api.Loop optimises when not told one; None means
+    the metric does not say (Loop then maximises unless told otherwise)."""
 
     in_process = False
     higher_is_better: bool | None = None
@@ -110,10 +113,11 @@ class LatencyMetric(Metric):
 
 class CommandNumber(Metric):
     """A number a test command reports: exactly one number on $RATCHET_RESULT_FD when it
-    writes there, else the last number it prints, or group 1 of `pattern`."""
+    writes there, else the last number it prints, or group 1 of `pattern`. Its direction
+    is whatever `higher_is_better` says (None: not declared, so Loop's argument decides)."""
 
     def __init__(self, command: str, pattern: str | None = None, timeout: float = 300.0,
-                 higher_is_better: bool | None = True) -> None:
+                 higher_is_better: bool | None = None) -> None:
         self.command, self.timeout, self.higher_is_better = command, timeout, higher_is_better
         self.spec = MetricSpec(kind="regex", pattern=pattern) if pattern else MetricSpec()
 
@@ -135,7 +139,11 @@ AccuracyMetric = CommandNumber
 
 class LLMJudge(Metric):
     """A model rates the file against a rubric, on [low, high]; through any proposer
-    (a Proposer object or a --model string such as `openai-compatible:m@http://...`)."""
+    (a Proposer object or a --model string such as `openai-compatible:m@http://...`).
+
+    Its requests are real spending: each is held to `budget` before it is sent (api.Loop
+    shares the run's budget with the judge) and its usage, failed requests included, is
+    counted into the budget's totals -- the run's SCORES usage -- and into `usage`."""
 
     in_process = True
     higher_is_better = True
@@ -143,6 +151,8 @@ class LLMJudge(Metric):
     def __init__(self, rubric: str, model: Any, scale: tuple[float, float] = (0.0, 10.0)) -> None:
         self.rubric, self.model, self.scale = rubric, model, scale
         self._proposer: Any = None
+        self.budget: Any = None  # a ratchetloop.budget.Budget, set by api.Loop
+        self.usage = Usage()  # everything this judge has spent
 
     def proposer(self) -> Any:
         if self._proposer is None:
@@ -150,7 +160,9 @@ class LLMJudge(Metric):
                 from .experiment import Experiment
                 from .proposers import registry
 
-                stub = Experiment.model_construct(name="judge", prices={}, root=Path("."))
+                # a stub: resolving reads only `prices` and `root`
+                stub = Experiment.model_construct(  # type: ignore[call-arg]
+                    name="judge", prices={}, root=Path("."))
                 self._proposer = registry.resolve(self.model, stub)
             else:
                 self._proposer = self.model
@@ -162,15 +174,32 @@ class LLMJudge(Metric):
         prompt = (f"{self.rubric}\n\nRate the following file from {low:g} to {high:g}."
                   f" Answer with the number alone on the last line.\n\n"
                   f"File {Path(target).name}:\n```\n{text}\n```\n")
-        reply = self.proposer().propose(prompt).text
+        proposer = self.proposer()
+        if self.budget is not None:
+            proposer.budget = self.budget  # checked before each request the judge sends
+        try:
+            proposal = proposer.propose(prompt)
+        except ProposalFailed as exc:
+            self._count(exc.usage)
+            raise
+        self._count(proposal.usage)
+        reply = proposal.text
         numbers = re.findall(r"[-+]?\d+(?:\.\d+)?", reply)
         if not numbers:
             raise RuntimeError(f"the judge gave no number: {reply[-200:]!r}")
         return min(high, max(low, float(numbers[-1])))
 
+    def _count(self, usage: Usage) -> None:
+        self.usage = self.usage + usage
+        if self.budget is not None:
+            self.budget.record(usage)
+
 
 class CompositeMetric(Metric):
-    """Weighted sum of metrics; give a lower-is-better part a negative weight."""
+    """Weighted sum of metrics; give a lower-is-better part a negative weight (so the sum
+    is higher-is-better)."""
+
+    higher_is_better = True
 
     def __init__(self, parts: Sequence[tuple[Any, float]]) -> None:
         if not parts:

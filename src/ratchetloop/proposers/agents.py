@@ -22,6 +22,7 @@ import tempfile
 from collections.abc import Mapping
 from typing import Any
 
+from ..budget import ASSUMED_COMPLETION_TOKENS, prompt_tokens
 from ..errors import ProposerError
 from . import keys
 from .base import CACHE_BREAK, BaseProposer, Proposal, ProposalFailed, Usage, token_count
@@ -116,6 +117,10 @@ class _AgentProposer(BaseProposer):
         self.prices = prices or {}
         self.timeout = timeout
         self.binary = binary or self.binary
+        # The largest request seen: an agent adds its own system prompt, so the prompt's
+        # size alone underestimates; and it takes no max_tokens.
+        self.largest = Usage(cost_usd=None)
+        self.served_model: str | None = None
 
     def argv(self) -> list[str]:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -133,15 +138,40 @@ class _AgentProposer(BaseProposer):
             return reported
         return lookup_cost(usage, model) if model else None
 
+    def estimate(self, prompt: str) -> Usage:
+        """What one run of the agent could spend, for the budget: the prompt's size or the
+        largest prompt seen, a reply as long as assumed or the longest seen; priced by the
+        model, else by the dearest run so far, else unknown."""
+        usage = Usage(prompt_tokens=max(prompt_tokens(prompt), self.largest.prompt_tokens),
+                      completion_tokens=max(ASSUMED_COMPLETION_TOKENS,
+                                            self.largest.completion_tokens))
+        priced = self.cost(usage, self.served_model or self.model, None)
+        usage.cost_usd = priced if priced is not None else self.largest.cost_usd
+        return usage
+
+    def _note(self, usage: Usage) -> None:
+        seen = self.largest
+        cost = usage.cost_usd if seen.cost_usd is None else (
+            seen.cost_usd if usage.cost_usd is None else max(seen.cost_usd, usage.cost_usd))
+        self.largest = Usage(prompt_tokens=max(seen.prompt_tokens, usage.prompt_tokens),
+                             completion_tokens=max(seen.completion_tokens,
+                                                   usage.completion_tokens), cost_usd=cost)
+
     def propose(self, prompt: str) -> Proposal:
         prompt = prompt.replace(CACHE_BREAK + "\n", "").replace(CACHE_BREAK, "")
         argv = self.argv()
         request = {"argv": argv, "prompt": prompt}
+        budget = self.budget
+        estimate = self.estimate(prompt) if budget is not None and budget.limited else None
+        if budget is not None and estimate is not None:
+            budget.check(estimate, self.name)
         env = scrubbed_env(self.env_extra, self.keyvars)
         secrets = tuple(env[v] for v in self.keyvars if v in env)
         try:
             code, out, err = run_agent(argv, prompt, env, self.timeout, self.name)
         except ProposalFailed as exc:
+            if budget is not None and estimate is not None and exc.kind == "timeout":
+                budget.hold(estimate)  # killed mid-answer: what it spent is not known
             exc.request = request
             raise
         if code != 0 and not out.strip():
@@ -155,6 +185,7 @@ class _AgentProposer(BaseProposer):
         try:
             text, usage, model, meta = self.parse(out)
         except ProposalFailed as exc:
+            self._note(exc.usage)
             exc.request = request
             raise
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -164,6 +195,8 @@ class _AgentProposer(BaseProposer):
                 request=request,
                 raw_response=out,
             ) from None
+        self._note(usage)
+        self.served_model = model or self.served_model
         if not text.strip():
             raise ProposalFailed(
                 f"{self.name}: empty answer", "empty_response", usage=usage, request=request
@@ -195,6 +228,9 @@ class ClaudeCLIProposer(_AgentProposer):
         model = next(iter(model_usage), None) if isinstance(model_usage, dict) else None
         model = model or self.model
         result = data.get("result")
+        reported = data.get("total_cost_usd")
+        usage.cost_usd = self.cost(usage, model, float(reported)
+                                   if isinstance(reported, int | float) else None)
         if data.get("is_error") or data.get("subtype", "success") != "success":
             detail = one_line(str(result or data.get("subtype") or "error"), (), 160)
             if any(w in detail.lower() for w in ("api key", "login", "log in", "authenticat")):
@@ -204,9 +240,6 @@ class ClaudeCLIProposer(_AgentProposer):
             )
         if not isinstance(result, str):
             raise TypeError("no result text")
-        reported = data.get("total_cost_usd")
-        cost = float(reported) if isinstance(reported, int | float) else None
-        usage.cost_usd = self.cost(usage, model, cost)
         meta = {"session_id": data.get("session_id"), "num_turns": data.get("num_turns")}
         return result, usage, model, meta
 
@@ -260,10 +293,10 @@ class CodexCLIProposer(_AgentProposer):
                 errors.append(str((err or {}).get("message", kind)))
         if events == 0:
             raise ValueError("no JSON events")
+        usage.cost_usd = self.cost(usage, self.model, None)
         if answer is None and errors:
             detail = one_line(errors[-1], (), 160)
             if any(w in detail.lower() for w in ("401", "unauthorized", "login", "api key")):
                 raise ProposerError(f"codex-cli is not authenticated: {detail}")
             raise ProposalFailed(f"codex-cli: {detail}", "agent_error", usage=usage)
-        usage.cost_usd = self.cost(usage, self.model, None)
         return answer or "", usage, self.model, {"events": events}

@@ -14,17 +14,18 @@ the whole prompt (input + cache reads + cache writes), as for every other backen
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import anthropic
 
-from .base import CACHE_BREAK, BaseProposer, Proposal, ProposalFailed, Usage
+from ..budget import prompt_tokens
+from .base import CACHE_BREAK, BaseProposer, Proposal, Usage, bad_reply
 from .pricing import price
 from .retry import (
     RetryPolicy,
     call_sdk,
+    notify_stderr,
     one_line,
     send_dropping_temperature,
 )
@@ -48,9 +49,6 @@ def split_stable(prompt: str, stable_text: str | None = None) -> tuple[str, str]
     return "", prompt
 
 
-def _notify_stderr(message: str) -> None:
-    print(message, file=sys.stderr)
-
 
 class AnthropicProposer(BaseProposer):
     """Claude through the Messages API; the stable prompt prefix is cached."""
@@ -67,7 +65,7 @@ class AnthropicProposer(BaseProposer):
         stable_text: str | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         retry: RetryPolicy | None = None,
-        notify: Callable[[str], None] = _notify_stderr,
+        notify: Callable[[str], None] = notify_stderr,
     ) -> None:
         self.model = model
         self.name = model
@@ -99,6 +97,22 @@ class AnthropicProposer(BaseProposer):
             body["temperature"] = self.temperature
         return body
 
+    def estimate(self, body: dict[str, Any]) -> Usage:
+        """What sending `body` could spend, for the budget: its prompt's size, rounded up,
+        the cached block priced as a cache write, and a reply of max_tokens."""
+        blocks = body["messages"][0]["content"]
+        usage = Usage(
+            prompt_tokens=sum(prompt_tokens(b["text"]) for b in blocks),
+            completion_tokens=self.max_tokens,
+            cache_write_tokens=sum(prompt_tokens(b["text"]) for b in blocks
+                                   if "cache_control" in b),
+        )
+        usage.cost_usd = self.price(usage)
+        return usage
+
+    def price(self, usage: Usage) -> float | None:
+        return price(usage, self.model, overrides=self.prices, provider_id="anthropic")
+
     def _send(self, body: dict[str, Any]) -> str:
         kwargs = dict(body)
         if "temperature" in kwargs:  # not a typed parameter in current SDKs; send it raw
@@ -124,23 +138,24 @@ class AnthropicProposer(BaseProposer):
                     parts.append(block["text"])
             usage = Usage.from_anthropic(data.get("usage"))
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise ProposalFailed(
-                f"{self.name}: malformed response ({one_line(str(exc), (self._key,), 120)})",
-                "malformed_response",
-                request=body,
-                raw_response=raw_text,
-            ) from None
-        usage.cost_usd = price(usage, self.model, overrides=self.prices, provider_id="anthropic")
+            raise bad_reply(self.name, "malformed_response",
+                            one_line(str(exc), (self._key,), 120),
+                            self._salvage_usage(raw_text), body, raw_text) from None
+        usage.cost_usd = self.price(usage)
         text = "".join(parts)
         meta = {"finish_reason": data.get("stop_reason"), "served_model": data.get("model")}
         if not text.strip():
-            raise ProposalFailed(
-                f"{self.name}: empty reply ({meta['finish_reason'] or 'no text'})",
-                "empty_response",
-                usage=usage,
-                request=body,
-                raw_response=raw_text,
-            )
+            why = meta["finish_reason"] or "no text"
+            raise bad_reply(self.name, "empty_response", why, usage, body, raw_text)
         return Proposal(
             text=text, usage=usage, model=self.name, request=body, raw_response=raw_text, meta=meta
         )
+
+    def _salvage_usage(self, raw_text: str) -> Usage:
+        """The usage block of a body that is otherwise malformed, priced; else empty."""
+        try:
+            usage = Usage.from_anthropic(json.loads(raw_text).get("usage"))
+        except (ValueError, AttributeError):
+            return Usage()
+        usage.cost_usd = self.price(usage)
+        return usage

@@ -8,9 +8,12 @@ sandbox or the keys of other backends; the loop tells it afterwards how its prop
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from ..errors import RatchetError
+
+if TYPE_CHECKING:
+    from ..budget import Budget
 
 # A prompt builder may put this line between the stable part of a prompt (experiment text)
 # and the part that changes every iteration; backends with prompt caching cache what comes
@@ -103,10 +106,19 @@ class ProposalFailed(RatchetError):
         self.raw_response = raw_response
 
 
+def bad_reply(name: str, kind: str, why: str, usage: Usage, request: dict[str, Any],
+              raw: str) -> ProposalFailed:
+    """A 200 whose body cannot be used (kind malformed_response or empty_response): the
+    request was billed, so its usage and the raw body go into the record."""
+    what = "malformed response" if kind == "malformed_response" else "empty reply"
+    return ProposalFailed(f"{name}: {what} ({why})", kind, usage=usage, request=request,
+                          raw_response=raw)
+
+
 @runtime_checkable
 class Proposer(Protocol):
     name: str  # shown in SCORES.md "Model" column and commit messages
-    is_language_model: bool
+    answers_follow_ups: bool  # can answer a free-form follow-up prompt (a fix request)
 
     def propose(self, prompt: str) -> Proposal: ...
 
@@ -117,7 +129,10 @@ class BaseProposer:
     """Convenience base: language models need not care about feedback."""
 
     name = "base"
-    is_language_model = True
+    answers_follow_ups = True
+    # The run's spending limits, checked before each request is sent (budget.py); the
+    # loop attaches one at load time.
+    budget: Budget | None = None
 
     def propose(self, prompt: str) -> Proposal:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -20,7 +20,6 @@ ANTHROPIC = "ANTHROPIC_API_KEY"
 # Keys for self-hosted OpenAI-compatible servers are kept apart from OPENAI_API_KEY so
 # a real OpenAI key is never sent to an arbitrary base URL.
 OPENAI_COMPATIBLE = "OPENAI_COMPATIBLE_API_KEY"
-KNOWN = (OPENAI, ANTHROPIC, OPENAI_COMPATIBLE)
 
 
 def keys_file_path() -> Path:

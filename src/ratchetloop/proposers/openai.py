@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import openai
 
-from .base import CACHE_BREAK, BaseProposer, Proposal, ProposalFailed, Usage, token_count
+from ..budget import ASSUMED_COMPLETION_TOKENS, prompt_tokens
+from .base import CACHE_BREAK, BaseProposer, Proposal, Usage, bad_reply, token_count
 from .pricing import price
 from .retry import (
     RetryPolicy,
     call_sdk,
+    notify_stderr,
     one_line,
     send_dropping_temperature,
 )
@@ -34,9 +35,6 @@ def uses_responses_api(model: str) -> bool:
     """o-series and gpt-5* are reasoning models: Responses API."""
     return bool(_REASONING.match(model))
 
-
-def _notify_stderr(message: str) -> None:
-    print(message, file=sys.stderr)
 
 
 class OpenAIProposer(BaseProposer):
@@ -57,7 +55,7 @@ class OpenAIProposer(BaseProposer):
         key_var: str | None = "OPENAI_API_KEY",
         timeout: float = DEFAULT_TIMEOUT,
         retry: RetryPolicy | None = None,
-        notify: Callable[[str], None] = _notify_stderr,
+        notify: Callable[[str], None] = notify_stderr,
     ) -> None:
         self.model = model
         self.name = name or model
@@ -78,6 +76,7 @@ class OpenAIProposer(BaseProposer):
             timeout=timeout,
         )
         self.timeout = timeout
+        self.longest_reply = 0  # completion tokens: bounds the estimate without max_tokens
 
     # -- request ------------------------------------------------------------------------
     def build_request(self, prompt: str) -> dict[str, Any]:
@@ -97,6 +96,26 @@ class OpenAIProposer(BaseProposer):
         if self.temperature is not None:
             body["temperature"] = self.temperature
         return body
+
+    def estimate(self, body: dict[str, Any]) -> Usage:
+        """What sending `body` could spend, for the budget: its prompt's size, rounded up,
+        and a reply of max_tokens (without one: the assumed or the longest reply seen)."""
+        text = body["input"] if self.api == "responses" else "".join(
+            m["content"] for m in body["messages"])
+        usage = Usage(prompt_tokens=prompt_tokens(text), completion_tokens=self.max_tokens
+                      or max(ASSUMED_COMPLETION_TOKENS, self.longest_reply))
+        usage.cost_usd = self.price(usage)
+        return usage
+
+    def price(self, usage: Usage) -> float | None:
+        return price(
+            usage,
+            self.model,
+            overrides=self.prices,
+            aliases=(self.name,),
+            provider_id=None if self.local else "openai",
+            local=self.local,
+        )
 
     def _send(self, body: dict[str, Any]) -> str:
         """One HTTP attempt; returns the raw body text or raises per the retry policy."""
@@ -123,47 +142,59 @@ class OpenAIProposer(BaseProposer):
             else:
                 text, usage, meta = self._parse_chat(data)
         except (ValueError, KeyError, IndexError, TypeError) as exc:
-            raise ProposalFailed(
-                f"{self.name}: malformed response ({one_line(str(exc), (self._key,), 120)})",
-                "malformed_response",
-                request=body,
-                raw_response=raw_text,
-            ) from None
-        usage.cost_usd = price(
-            usage,
-            self.model,
-            overrides=self.prices,
-            aliases=(self.name,),
-            provider_id=None if self.local else "openai",
-            local=self.local,
-        )
+            raise bad_reply(self.name, "malformed_response",
+                            one_line(str(exc), (self._key,), 120),
+                            self._salvage_usage(raw_text), body, raw_text) from None
+        usage.cost_usd = self.price(usage)
+        self.longest_reply = max(self.longest_reply, usage.completion_tokens)
         if not text.strip():
-            raise ProposalFailed(
-                f"{self.name}: empty reply ({meta.get('finish_reason') or 'no text'})",
-                "empty_response",
-                usage=usage,
-                request=body,
-                raw_response=raw_text,
-            )
+            why = meta.get("finish_reason") or "no text"
+            raise bad_reply(self.name, "empty_response", why, usage, body, raw_text)
         meta["api"] = self.api
         return Proposal(
             text=text, usage=usage, model=self.name, request=body, raw_response=raw_text, meta=meta
         )
 
+    def _salvage_usage(self, raw_text: str) -> Usage:
+        """The usage block of a body that is otherwise malformed, priced; else empty."""
+        try:
+            raw = json.loads(raw_text).get("usage")
+            usage = (self._responses_usage(raw) if self.api == "responses"
+                     else self._chat_usage(raw))
+        except (ValueError, AttributeError, TypeError):
+            return Usage()
+        usage.cost_usd = self.price(usage)
+        return usage
+
     @staticmethod
-    def _parse_chat(data: dict[str, Any]) -> tuple[str, Usage, dict[str, Any]]:
+    def _chat_usage(raw: Any) -> Usage:
+        raw_usage = raw if isinstance(raw, dict) else {}
+        details = raw_usage.get("prompt_tokens_details") or {}
+        return Usage(
+            prompt_tokens=token_count(raw_usage.get("prompt_tokens")),
+            completion_tokens=token_count(raw_usage.get("completion_tokens")),
+            cached_prompt_tokens=token_count(details.get("cached_tokens")),
+        )
+
+    @staticmethod
+    def _responses_usage(raw: Any) -> Usage:
+        raw_usage = raw if isinstance(raw, dict) else {}
+        in_details = raw_usage.get("input_tokens_details") or {}
+        return Usage(
+            prompt_tokens=token_count(raw_usage.get("input_tokens")),
+            completion_tokens=token_count(raw_usage.get("output_tokens")),  # includes reasoning
+            cached_prompt_tokens=token_count(in_details.get("cached_tokens")),
+        )
+
+    @classmethod
+    def _parse_chat(cls, data: dict[str, Any]) -> tuple[str, Usage, dict[str, Any]]:
         choice = data["choices"][0]
         content = choice["message"].get("content")
         if content is not None and not isinstance(content, str):
             raise TypeError("message.content is not a string")
         raw_usage = data.get("usage") or {}
-        details = raw_usage.get("prompt_tokens_details") or {}
         out_details = raw_usage.get("completion_tokens_details") or {}
-        usage = Usage(
-            prompt_tokens=token_count(raw_usage.get("prompt_tokens")),
-            completion_tokens=token_count(raw_usage.get("completion_tokens")),
-            cached_prompt_tokens=token_count(details.get("cached_tokens")),
-        )
+        usage = cls._chat_usage(raw_usage)
         meta = {
             "finish_reason": choice.get("finish_reason"),
             "reasoning_tokens": token_count(out_details.get("reasoning_tokens")),
@@ -171,8 +202,8 @@ class OpenAIProposer(BaseProposer):
         }
         return content or "", usage, meta
 
-    @staticmethod
-    def _parse_responses(data: dict[str, Any]) -> tuple[str, Usage, dict[str, Any]]:
+    @classmethod
+    def _parse_responses(cls, data: dict[str, Any]) -> tuple[str, Usage, dict[str, Any]]:
         output = data["output"]
         if not isinstance(output, list):
             raise TypeError("output is not a list")
@@ -186,13 +217,8 @@ class OpenAIProposer(BaseProposer):
                         raise TypeError("output_text.text is not a string")
                     parts.append(block["text"])
         raw_usage = data.get("usage") or {}
-        in_details = raw_usage.get("input_tokens_details") or {}
         out_details = raw_usage.get("output_tokens_details") or {}
-        usage = Usage(
-            prompt_tokens=token_count(raw_usage.get("input_tokens")),
-            completion_tokens=token_count(raw_usage.get("output_tokens")),  # includes reasoning
-            cached_prompt_tokens=token_count(in_details.get("cached_tokens")),
-        )
+        usage = cls._responses_usage(raw_usage)
         incomplete = data.get("incomplete_details") or {}
         meta = {
             "finish_reason": incomplete.get("reason") or data.get("status"),

@@ -16,11 +16,14 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import ProposerError, RatchetError
-from ..experiment import Experiment
 from . import keys
-from .base import Proposer
+
+if TYPE_CHECKING:  # annotations only: `ratchet models` imports this module for ollama_base_url
+    from ..experiment import Experiment
+    from .base import Proposer
 
 DEFAULT_MODEL = "tuner"
 OLLAMA_DEFAULT = "http://localhost:11434"

@@ -13,7 +13,7 @@ from .base import BaseProposer, Feedback, Proposal, Usage
 class ReplayProposer(BaseProposer):
     """Answers each prompt with the next scripted reply; runs out with a clear error."""
 
-    is_language_model = False
+    answers_follow_ups = True  # the next scripted reply answers whatever is asked
 
     def __init__(self, replies: Iterable[str | dict], name: str = "replay") -> None:
         self.replies = list(replies)
@@ -36,11 +36,14 @@ class ReplayProposer(BaseProposer):
         self.prompts.append(prompt)
         if not self.replies:
             raise RatchetError("replay script exhausted: no more scripted replies")
-        reply = self.replies.pop(0)
+        reply = self.replies[0]
+        usage = Usage(**reply.get("usage", {})) if isinstance(reply, dict) else Usage()
+        if self.budget is not None and self.budget.limited:
+            self.budget.check(usage, self.name)  # the scripted usage is the exact estimate
+        self.replies.pop(0)
         if isinstance(reply, dict):
-            usage = Usage(**reply.get("usage", {}))
             return Proposal(text=reply["text"], usage=usage, model=self.name)
-        return Proposal(text=reply, usage=Usage(), model=self.name)
+        return Proposal(text=reply, usage=usage, model=self.name)
 
     def observe(self, proposal: Proposal, feedback: Feedback) -> None:
         self.feedback.append(feedback)

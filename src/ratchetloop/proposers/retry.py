@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import email.utils
 import random
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -18,6 +19,11 @@ from typing import Any, TypeVar
 
 from ..errors import ProposerError
 from .base import ProposalFailed
+
+
+def notify_stderr(message: str) -> None:
+    """The backends' default notice channel (retries, a dropped temperature)."""
+    print(message, file=sys.stderr)
 
 T = TypeVar("T")
 
@@ -115,14 +121,23 @@ def about_temperature(exc: Exception) -> bool:
 
 
 def call_sdk(proposer: Any, sdk: ModuleType, create: Callable[..., Any],
-             kwargs: dict[str, Any], body: dict[str, Any], key_var: str) -> str:
+             kwargs: dict[str, Any], body: dict[str, Any], key_var: str | None) -> str:
     """One attempt through an official SDK (openai and anthropic share their error types):
     timeouts and connection errors are Transient, statuses go through raise_for_status,
     a 400 about temperature is let through for send_dropping_temperature. Returns the raw
-    body text with the key blanked out, in case a server echoes it."""
+    body text with the key blanked out, in case a server echoes it. Each attempt (retries
+    too) is first held to the proposer's budget; one that timed out may have been billed,
+    so its estimate stays counted."""
+    budget = getattr(proposer, "budget", None)
+    estimate = None
+    if budget is not None and budget.limited:
+        estimate = proposer.estimate(body)
+        budget.check(estimate, proposer.name)
     try:
         raw = create(**kwargs)
     except sdk.APITimeoutError:  # a subclass of APIConnectionError: keep it first
+        if budget is not None and estimate is not None:
+            budget.hold(estimate)
         raise Transient("timeout",
                         f"{proposer.name}: no reply within {proposer.timeout:g}s") from None
     except sdk.APIConnectionError:

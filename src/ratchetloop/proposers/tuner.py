@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from typing import Any, Literal
 
 import optuna
 
@@ -30,7 +30,7 @@ class TunerExhausted(RatchetError):
 
 class TunerProposer(BaseProposer):
     name = "tuner"
-    is_language_model = False
+    answers_follow_ups = False  # it renders templates; it cannot read a fix request
     announcement = ("tuner: an offline search over the experiment's declared knobs"
                     " (Optuna TPE) - not a language model; no key, no tokens, no cost")
 
@@ -43,14 +43,15 @@ class TunerProposer(BaseProposer):
         self.experiment = experiment
         self.template = import_file(experiment.path(experiment.template),
                                     f"ratchet_tuner_{experiment.name}")
-        self.space = {
+        self.space: dict[str, optuna.distributions.BaseDistribution] = {
             name: optuna.distributions.CategoricalDistribution(tuple(values))
             for name, values in experiment.knobs.items()
         }
         self.size = 1
         for values in experiment.knobs.values():
             self.size *= len(values)
-        direction = "minimize" if experiment.lower_is_better else "maximize"
+        direction: Literal["minimize", "maximize"] = (
+            "minimize" if experiment.lower_is_better else "maximize")
         sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=4)
         self.study = optuna.create_study(direction=direction, sampler=sampler)
         self.tried: dict[str, float | None] = {}
