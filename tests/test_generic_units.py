@@ -11,14 +11,6 @@ import pytest
 from ratchetloop import sandbox
 from ratchetloop.experiment import Acceptance
 from ratchetloop.extract import ExtractionError
-from ratchetloop.generic.adapter import (
-    blocked_write,
-    command_measure,
-    cpu_comparison,
-    exact_comparison,
-    measured_from,
-    positive,
-)
 from ratchetloop.generic.contract import (
     GenericSpec,
     MetricSpec,
@@ -27,7 +19,14 @@ from ratchetloop.generic.contract import (
 )
 from ratchetloop.generic.edits import apply_reply, files_of, from_bundle, to_bundle
 from ratchetloop.generic.results import ResultsReporter, read_rows
+from ratchetloop.generic.workspace import (
+    blocked_write,
+    command_measure,
+    cpu_comparison,
+    measured_from,
+)
 from ratchetloop.loop import Outcome, QuietReporter
+from ratchetloop.measure import exact_comparison, positive
 from ratchetloop.scores import Scores
 
 BASE = {"a.py": "x = 1\ny = 2\n", "pkg/b.py": "def f():\n    return 0\n"}
@@ -223,3 +222,150 @@ def test_winners_are_committed_without_hooks_filters_or_a_work_tree(tmp_path: Pa
     assert gitops.commit_files(repo, git_dir, void, "ratchet/t", {"pkg/run.sh": "echo 2\n"},
                                "same\n", tmp_path / "index") == sha  # nothing changed
     assert list(void.iterdir()) == [] and not (tmp_path / "index").exists()
+
+
+# ---------------------------------------------------------------- the commands' environment
+
+
+def fake_python(bin_dir: Path) -> Path:
+    """An executable named python3 (resolve_path looks for one; it never runs it)."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    exe = bin_dir / "python3"
+    exe.write_text("#!/bin/sh\n")
+    exe.chmod(0o755)
+    return exe
+
+
+def test_path_order_active_venv_conda_env_project_venv_then_the_invoking_path(tmp_path):
+    from ratchetloop.generic.environment import resolve_path
+
+    active, conda, repo = tmp_path / "active", tmp_path / "conda", tmp_path / "repo"
+    for bin_dir in (active / "bin", conda / "bin", repo / ".venv/bin", repo / "venv/bin"):
+        fake_python(bin_dir)
+    environ = {"VIRTUAL_ENV": str(active), "CONDA_PREFIX": str(conda),
+               "PATH": f"/usr/bin:.::relative/bin:{active}/bin:/bin"}
+    r = resolve_path("inherit", repo, environ)
+    assert r.path == [f"{active}/bin", f"{conda}/bin", f"{repo}/.venv/bin", "/usr/bin", "/bin"]
+    assert r.python == f"{active}/bin/python3"
+    assert r.notes == ["active venv $VIRTUAL_ENV", "active conda env $CONDA_PREFIX",
+                       "project venv .venv/"]
+
+
+def test_a_project_venv_needs_a_python_and_an_explicit_path_is_used_as_given(tmp_path):
+    from ratchetloop.generic.environment import resolve_path
+
+    repo = tmp_path / "repo"
+    (repo / ".venv/bin").mkdir(parents=True)  # no python in it: not a venv
+    fake_python(repo / "venv/bin")
+    assert resolve_path("inherit", repo, {"PATH": "/bin"}).path == [f"{repo}/venv/bin", "/bin"]
+    r = resolve_path(["/opt/x/bin", "/bin"], repo, {"PATH": "/usr/bin",
+                                                     "VIRTUAL_ENV": str(repo / "venv")})
+    assert r.path == ["/opt/x/bin", "/bin"]
+
+
+PYENV = """#!/bin/sh
+[ "$1" = prefix ] || exit 2
+v=$(cat .python-version 2>/dev/null) || { echo "pyenv: no local version" >&2; exit 1; }
+echo "$PYENV_ROOT/versions/$v"
+"""
+
+
+def test_pyenv_shims_become_the_version_pyenv_selects_in_the_repository(tmp_path):
+    """Shims are scripts that need pyenv's root, hidden in the sandbox: use the version."""
+    from ratchetloop.generic.environment import resolve_path
+
+    root, repo = tmp_path / "pyenv", tmp_path / "repo"
+    version = root / "versions/3.12.1"
+    fake_python(version / "bin")
+    for shims in (root / "shims", root / "plugins/pyenv-virtualenv/shims", repo):
+        shims.mkdir(parents=True)
+    (root / "libexec").mkdir()
+    (root / "libexec/pyenv").write_text(PYENV)
+    (root / "libexec/pyenv").chmod(0o755)
+    (repo / ".python-version").write_text("3.12.1\n")
+    path = f"{root}/plugins/pyenv-virtualenv/shims:{root}/shims:/usr/bin"
+    for environ in ({"PYENV_ROOT": str(root), "PATH": path}, {"PATH": f"{root}/shims:/usr/bin"}):
+        r = resolve_path("inherit", repo, environ)
+        assert r.path == [f"{version}/bin", "/usr/bin"], environ
+        assert r.python == f"{version}/bin/python3" and version in r.binds
+        assert r.notes == ["pyenv 3.12.1 instead of its shims"]
+    (repo / ".python-version").unlink()  # pyenv selects nothing: shims kept, and said so
+    r = resolve_path("inherit", repo, {"PATH": f"{root}/shims:/usr/bin"})
+    assert r.path == [f"{root}/shims", "/usr/bin"]
+    assert "pyenv shims kept (pyenv prefix: pyenv: no local version)" in r.notes[0]
+
+
+def test_binds_cover_a_venv_and_its_base_never_the_repository_or_a_home(tmp_path, monkeypatch):
+    from ratchetloop.generic.environment import resolve_path
+
+    base, venv, repo, home = (tmp_path / n for n in ("base", "venv", "repo", "home"))
+    fake_python(base / "bin")
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin/python3").symlink_to(base / "bin/python3")
+    (venv / "pyvenv.cfg").write_text(f"home = {base}/bin\ninclude-system-site-packages = false\n")
+    fake_python(repo / "bin")  # its prefix is the repository: binding it would expose .git
+    fake_python(home / "bin")  # its prefix is a home: binding it would undo the hiding
+    monkeypatch.setenv("HOME", str(home))
+    r = resolve_path([f"{venv}/bin", f"{repo}/bin", f"{home}/bin"], repo, {})
+    assert sorted(r.binds) == [base, venv]
+
+
+def test_contract_env_names_and_path_entries_are_checked():
+    spec = dict(tag="t", editable=["a.py"], run_command="x")
+    assert GenericSpec(**spec, env=["FOO", "BAR_1"]).env == ["FOO", "BAR_1"]
+    assert GenericSpec(**spec).path == "inherit"
+    for name, why in (("OPENAI_API_KEY", "looks like a secret"), ("db_password", "secret"),
+                      ("PATH", "generic.path"), ("HOME", "private"),
+                      ("RATCHET_RESULT_FD", "result channel"), ("A-B", "not a variable name")):
+        with pytest.raises(ValueError, match=why):
+            GenericSpec(**spec, env=["FOO", name])
+    with pytest.raises(ValueError, match="must be absolute"):
+        GenericSpec(**spec, path=["/bin", "bin"])
+    with pytest.raises(ValueError):
+        GenericSpec(**spec, path="system")
+
+
+def test_passed_values_come_from_the_environment_and_secret_values_are_refused(monkeypatch):
+    from ratchetloop.errors import RatchetError
+    from ratchetloop.generic.environment import passed_values
+
+    secret = "abcdefgh12345678"
+    monkeypatch.setenv("MY_SERVICE_TOKEN", secret)
+    assert passed_values(["FOO", "UNSET"], {"FOO": "1", "OTHER": "2"}) == {"FOO": "1"}
+    with pytest.raises(RatchetError, match="BAR: its value contains") as info:
+        passed_values(["FOO", "BAR"], {"FOO": "1", "BAR": f"--auth={secret}"})
+    assert secret not in str(info.value)
+
+
+def test_init_reports_a_bad_contract_field_not_pydantic_boilerplate(tmp_path):
+    from generic_helpers import make_repo
+
+    from ratchetloop.errors import RatchetError
+    from ratchetloop.generic.cli import init_command
+
+    repo = make_repo(tmp_path)
+    with pytest.raises(RatchetError) as info:
+        init_command({"tag": "t", "editable": [".git/config"], "run_command": "true",
+                      "higher_is_better": False}, cwd=repo)
+    assert str(info.value).startswith("field 'generic.editable': '.git/config': use a relative")
+    assert "pydantic" not in str(info.value)
+
+
+def test_a_venv_under_a_hidden_dir_runs_in_the_sandbox_only_with_its_binds(tmp_path):
+    """/tmp is a private tmpfs in the sandbox's mount view: the venv is bound back."""
+    import subprocess
+    import sys
+
+    from ratchetloop.generic.environment import CommandEnv
+
+    venv, work = tmp_path / "v", tmp_path / "work"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    work.mkdir()
+    command = ["/bin/sh", "-c", "python3 -c 'import os, sys; print(sys.prefix, os.environ[\"N\"])'"]
+    ce = CommandEnv.build([f"{venv}/bin", "/usr/bin", "/bin"], ["N"], None, {"N": "7"})
+    proc = sandbox.run(command, cwd=work, timeout=60, env=ce.env, ro_paths=ce.ro_paths)
+    assert proc.ok, proc.stderr
+    assert proc.stdout.split() == [str(venv), "7"]
+    if "mount-namespace" in proc.layers:  # without the binds the venv is not there
+        bare = sandbox.run(command, cwd=work, timeout=60, env=ce.env)
+        assert str(venv) not in bare.stdout

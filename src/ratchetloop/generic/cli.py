@@ -12,14 +12,21 @@ from ..errors import RatchetError
 from .contract import MetricSpec
 from .init import FD_SNIPPET, from_research_json, init_project
 
+VENV_IN_COMMAND = r"(?:^|[\s;&|(=])(?:\./)?\.?venv/bin/"  # a repo venv by a relative path
+
 
 def init_command(flags: dict[str, Any], cwd: Path | None = None) -> str:
+    from pydantic import ValidationError
+
+    from .contract import explain
+
     values: dict[str, Any] = {}
     if flags.get("from_research"):
         values.update(from_research_json(Path(flags["from_research"])))
     given = {
         "tag": flags.get("tag"), "run_command": flags.get("run_command"),
-        "timeout": flags.get("timeout") if flags.get("timeout") != 300.0 else None,
+        "timeout": flags.get("timeout") if given_explicitly("timeout") else None,
+        "env": list(flags.get("env") or []) or None,
         "setup_check": flags.get("setup_check"), "directives": flags.get("directives"),
         "check_command": flags.get("check"),
         "unit": flags.get("unit"),
@@ -40,8 +47,8 @@ def init_command(flags: dict[str, Any], cwd: Path | None = None) -> str:
         else:
             values["metric"] = MetricSpec(channel=channel)
         folder = init_project(cwd or Path.cwd(), force=bool(flags.get("force")), **values)
-    except ValueError as exc:
-        raise RatchetError(str(exc).splitlines()[-1] if str(exc) else "invalid contract") from None
+    except ValidationError as exc:
+        raise RatchetError(explain(exc)) from None
     where = ("the metric is read ONLY from $RATCHET_RESULT_FD (--metric-fd)" if channel == "fd"
              else "the metric is read from $RATCHET_RESULT_FD when your benchmark writes"
                   " there, else from its output")
@@ -50,8 +57,43 @@ def init_command(flags: dict[str, Any], cwd: Path | None = None) -> str:
              "no --check: add one (e.g. your tests) so a winner that games the metric is"
              " caught before it is committed")
     return (f"wrote {folder}/ (experiment.json, program.md, prompt.py, security.py)\n"
-            f"{where}; {check}.\n{FD_SNIPPET}"
+            f"{where}; {check}.\n{environment_lines(folder, values)}{FD_SNIPPET}"
             f"edit program.md, then: ratchet run {values['tag']} --model <model> --loop 20")
+
+
+def given_explicitly(name: str) -> bool:
+    """Whether a `ratchet init` option was given, even when equal to its default (an explicit
+    --timeout 300 must win over research.json). Outside click: whatever the caller passed."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context(silent=True)
+    if ctx is None or name not in ctx.params:
+        return True
+    source = ctx.get_parameter_source(name)
+    return source is not None and source not in (ParameterSource.DEFAULT,
+                                                 ParameterSource.DEFAULT_MAP)
+
+
+def environment_lines(folder: Path, values: dict[str, Any]) -> str:
+    """Which python the commands get, what is passed, and a .venv path that cannot work."""
+    import os
+    import re
+
+    from .environment import describe, resolve_path
+
+    resolved = resolve_path("inherit", folder.parents[1], os.environ)
+    lines = [describe(resolved)]
+    names = values.get("env") or []
+    unset = [n for n in names if n not in os.environ]
+    if names:
+        lines.append(f"passed to every command (values read at `ratchet run`): {', '.join(names)}"
+                     + (f"; not set now: {', '.join(unset)}" if unset else ""))
+    commands = [values.get(k) or "" for k in ("run_command", "check_command", "setup_check")]
+    if any(re.search(VENV_IN_COMMAND, c) for c in commands):
+        lines.append("note: a command names a venv inside the repository by a relative path;"
+                     " runs happen in a copy of your tracked files without it: write `python3`"
+                     " (the project venv comes first on PATH)")
+    return "".join(f"{line}\n" for line in lines)
 
 
 def ask(values: dict[str, Any]) -> None:

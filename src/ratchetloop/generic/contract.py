@@ -18,7 +18,7 @@ it. So the sandbox gives the command a second, write-only channel, file descript
   the two the project uses is learned from the trusted runs (the seed and the incumbent)
   and a candidate run must use the same one: a candidate that writes to the channel of a
   benchmark that only prints, or silences the channel of one that writes there and prints
-  a number instead, is an `integrity` failure (see adapter.channel_mismatch).
+  a number instead, is an `integrity` failure (see GenericWorkspace._channel_mismatch).
 * "output": the channel is not opened; the output is read as `kind` says.
 
 Reading the channel is strict: exactly one number (surrounding whitespace allowed).
@@ -34,12 +34,26 @@ from __future__ import annotations
 import json
 import math
 import re
-from pathlib import PurePosixPath
-from typing import Any, Literal
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from .. import gitops
+from ..errors import RatchetError
 from ..experiment import Experiment
+from .environment import name_problem
+
+if TYPE_CHECKING:
+    from .environment import CommandEnv
 
 NUMBER = re.compile(r"[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?")
 TIME_UNITS = {"s", "sec", "secs", "second", "seconds", "ms", "msec", "us", "usec", "\u00b5s",
@@ -103,6 +117,41 @@ class GenericSpec(Strict):
         " measurably worse: flag the winner, or reject it")
     metric_is_time: bool | None = Field(
         None, description="the metric is a time (lower is better); None: from the unit")
+    env: list[str] = Field(
+        default_factory=list, description="variables passed through to every command; only"
+        " names: the values are read at `ratchet run`, never stored (environment.py)")
+    path: Literal["inherit"] | list[str] = Field(
+        "inherit", description="the commands' PATH: 'inherit' resolves it as your shell has it"
+        " (venv, project .venv, pyenv; environment.py), or a list of absolute directories")
+    _root: Path | None = PrivateAttr(None)  # the contract's folder (spec_of), to find the repo
+    _env: CommandEnv | None = PrivateAttr(None)
+
+    @field_validator("env")
+    @classmethod
+    def _passable_names(cls, names: list[str]) -> list[str]:
+        problems = [why for why in map(name_problem, names) if why]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return names
+
+    @field_validator("path")
+    @classmethod
+    def _absolute_dirs(cls, path: str | list[str]) -> str | list[str]:
+        relative = [d for d in path if not d.startswith("/")] if isinstance(path, list) else []
+        if relative:
+            raise ValueError(f"{', '.join(map(repr, relative))}: PATH entries must be absolute"
+                             " (a relative one would search the candidate's directory)")
+        return path
+
+    def command_env(self) -> CommandEnv:
+        """PATH, pass-through variables and read-only binds for every sandboxed command;
+        resolved once per spec (a `ratchet run`), when the first command runs."""
+        if self._env is None:
+            from .environment import CommandEnv
+
+            repo = gitops.repo_root(self._root) if self._root is not None else None
+            self._env = CommandEnv.build(self.path, self.env, repo)
+        return self._env
 
     @field_validator("editable", "readonly")
     @classmethod
@@ -136,7 +185,21 @@ def is_time_metric(spec: GenericSpec, unit: str, lower_is_better: bool) -> bool:
 
 
 def spec_of(exp: Experiment) -> GenericSpec:
-    return GenericSpec.model_validate(exp.generic or {})
+    """The contract's generic block; a bad one is one clear message naming the field."""
+    try:
+        spec = GenericSpec.model_validate(exp.generic or {})
+    except ValidationError as exc:
+        raise RatchetError(f"{exp.root / 'experiment.json'}: {explain(exc)}") from None
+    spec._root = exp.root
+    return spec
+
+
+def explain(exc: ValidationError) -> str:
+    """The first problem of a validation error as one line: the field and why."""
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"])
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    return f"field 'generic.{where}': {msg}" if where else msg
 
 
 def read_metric(output: str, spec: MetricSpec) -> float | None:

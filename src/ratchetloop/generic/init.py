@@ -4,13 +4,17 @@ in the user's repository, from flags, answers, or an existing research.json."""
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import ValidationError
 
 from .. import gitops
 from ..errors import RatchetError
-from .contract import GenericSpec, MetricSpec
+from .contract import GenericSpec, MetricSpec, explain
+from .environment import passed_values
 
 LANGUAGES = {".py": "python", ".c": "c", ".h": "c", ".js": "javascript", ".ts": "typescript",
              ".rs": "rust", ".go": "go", ".sql": "sql", ".md": "markdown", ".sh": "bash"}
@@ -84,8 +88,14 @@ def init_project(repo: Path, *, tag: str, editable: list[str], run_command: str,
                  no_new_dependencies: bool = False, force: bool = False,
                  acceptance: dict[str, Any] | None = None,
                  knobs: dict[str, list[Any]] | None = None, check_command: str | None = None,
-                 implausible: str = "flag", metric_is_time: bool | None = None) -> Path:
-    """Write the contract; refuses to overwrite an existing one unless `force`."""
+                 implausible: str = "flag", metric_is_time: bool | None = None,
+                 env: list[str] | None = None,
+                 path: Literal["inherit"] | list[str] = "inherit") -> Path:
+    """Write the contract; refuses to overwrite an existing one unless `force`.
+
+    `env` names variables passed through to every command (their values are read at run
+    time, never written here); `path` is the commands' PATH (see environment.py).
+    """
     repo = gitops.repo_root(Path(repo))
     if not re.fullmatch(r"[A-Za-z0-9][\w.-]*", tag):
         raise RatchetError(f"tag {tag!r}: use letters, digits, '.', '_' or '-'")
@@ -95,12 +105,18 @@ def init_project(repo: Path, *, tag: str, editable: list[str], run_command: str,
     missing = [p for p in editable + (readonly or []) if not (repo / p).is_file()]
     if missing:
         raise RatchetError(f"no such file(s) in {repo}: {', '.join(missing)}")
-    spec = GenericSpec(tag=tag, editable=editable, readonly=readonly or [],
-                       run_command=run_command, metric=metric or MetricSpec(),
-                       setup_check=setup_check or None, no_new_dependencies=no_new_dependencies,
-                       check_command=check_command or None,
-                       implausible=implausible,  # type: ignore[arg-type]
-                       metric_is_time=metric_is_time)
+    passed_values(env or [], os.environ)  # bad names and secret values, in one message
+    try:
+        spec = GenericSpec(tag=tag, editable=editable, readonly=readonly or [],
+                           run_command=run_command, metric=metric or MetricSpec(),
+                           setup_check=setup_check or None,
+                           no_new_dependencies=no_new_dependencies,
+                           check_command=check_command or None,
+                           implausible=implausible,
+                           metric_is_time=metric_is_time, env=list(env or []),
+                           path=path)
+    except ValidationError as exc:
+        raise RatchetError(explain(exc)) from None
     contract: dict[str, Any] = {
         "name": tag,
         "description": f"generic project: {', '.join(editable)} measured by `{run_command}`",
