@@ -43,31 +43,38 @@ def test_turbo_state_is_read(tmp_path: Path) -> None:
 
 def test_load_warning_scales_with_cores() -> None:
     assert stability.load_warning(0.2, 2) is None
-    assert "busy" in (stability.load_warning(1.5, 2) or "")
+    assert (stability.load_warning(1.5, 2) or "").startswith(
+        "host busy: load average 1.50 on 2 usable core(s)")
     assert stability.load_warning(3.0, 16) is None
     assert stability.load_warning(None, 2) is None
 
 
-@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no affinity API")
-def test_pinned_restores_the_previous_affinity() -> None:
-    before = os.sched_getaffinity(0)
-    with stability.pinned() as cpu:
-        assert cpu in before
-        assert os.sched_getaffinity(0) == {cpu}
-    assert os.sched_getaffinity(0) == before
+PIN_AND_SPAWN = """import os, subprocess, sys
+from ratchetloop import stability
+cpu = stability.pin_current_process()
+child = subprocess.run([sys.executable, "-c", "import os; print(sorted(os.sched_getaffinity(0)))"],
+                       capture_output=True, text=True, check=True).stdout.strip()
+print(cpu, sorted(os.sched_getaffinity(0)), child)
+"""
+
+
+def pin_in_a_child(env: dict[str, str]) -> str:
+    """pin_current_process() pins its caller for good, so it runs in a child, not in pytest."""
+    return subprocess.run([sys.executable, "-c", PIN_AND_SPAWN], capture_output=True, text=True,
+                          check=True, env={**os.environ, **env}).stdout.strip()
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no affinity API")
-def test_pin_is_inherited_by_children_and_env_picks_the_cpu(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_pin_takes_the_highest_allowed_cpu_and_children_inherit_it() -> None:
     allowed = sorted(os.sched_getaffinity(0))
-    monkeypatch.setenv(stability.ENV_CPU, str(allowed[0]))
-    with stability.pinned() as cpu:
-        assert cpu == allowed[0]
-        out = subprocess.run([sys.executable, "-c", "import os; print(os.sched_getaffinity(0))"],
-                             capture_output=True, text=True, check=True).stdout
-        assert out.strip() == str({cpu})
+    top = allowed[-1]  # CPU 0 takes most interrupts
+    assert pin_in_a_child({stability.ENV_CPU: ""}) == f"{top} [{top}] [{top}]"
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no affinity API")
+def test_pin_takes_the_cpu_the_environment_names() -> None:
+    first = sorted(os.sched_getaffinity(0))[0]
+    assert pin_in_a_child({stability.ENV_CPU: str(first)}) == f"{first} [{first}] [{first}]"
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")

@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from click.testing import CliRunner
@@ -143,3 +146,112 @@ def test_legacy_loop_py_and_read_commands(fib: Path, tmp_path: Path) -> None:
     line = one_error_line(cli("rollback", str(fib), "deadbee"))
     assert "deadbee" in line
     assert Path(RATCHET).exists()
+
+
+# Modules a command that runs no loop must never import: each costs tenths of a second and
+# tens of MiB at start-up (issue "a loop that costs nothing": <= 0.3 s, <= 60 MiB per command;
+# benchmarks/bench_startup.py measures it, this guards the cause).
+HEAVY = ("scipy", "numpy", "openai", "anthropic", "optuna")
+PROBE = """
+import json, sys
+from ratchetloop.cli import main
+out, args = sys.argv[1], sys.argv[2:]
+try:
+    main(args, prog_name="ratchet")
+finally:
+    with open(out, "w") as fh:
+        json.dump(sorted(sys.modules), fh)
+"""
+
+
+@pytest.mark.parametrize("args", [
+    ["--help"], ["scores", "{fib}"], ["history", "{fib}"], ["best", "{fib}"], ["models"],
+    ["doctor"], ["init", "--help"], ["run", "--help"], ["seed", "--help"],
+])
+def test_commands_without_a_loop_import_no_heavy_module(fib: Path, tmp_path: Path,
+                                                        args: list[str]) -> None:
+    """Each command runs in a fresh interpreter; what it imported is read from sys.modules."""
+    out = tmp_path / "modules.json"
+    argv = [a.format(fib=fib) for a in args]
+    proc = subprocess.run(
+        [PYTHON, "-c", PROBE, str(out), *argv], cwd=fib, capture_output=True, text=True,
+        timeout=60, env={**os.environ, "OLLAMA_HOST": "http://127.0.0.1:9"})
+    expected = 2 if args[0] == "best" else 0  # `best` on a fresh fib: "no winner yet"
+    assert proc.returncode == expected, proc.stderr
+    loaded = json.loads(out.read_text())
+    assert "ratchetloop.cli" in loaded  # the probe really ran the CLI
+    heavy = sorted({m.partition(".")[0] for m in loaded} & set(HEAVY))
+    assert not heavy, f"ratchet {' '.join(args)} imported {heavy}"
+
+
+class _Messages:
+    """A reporter that keeps what it is told."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def message(self, text: str) -> None:
+        self.lines.append(text)
+
+
+def test_host_probe_samples_in_the_background_and_spares_our_children(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`ratchet run` does not wait for the CPU-hog sample before its first proposal; the
+    sample still speaks, and a process we started (the seed's eval) is not "other" load."""
+    from ratchetloop import loop, sandbox, stability
+
+    release = threading.Event()
+    child = subprocess.Popen([PYTHON, "-c", "import sys; sys.stdin.read()"],
+                             stdin=subprocess.PIPE)
+
+    def sample(*_: object, **__: object) -> list[stability.Hog]:
+        release.wait(30)  # the sample window: held open until the test has looked
+        return [stability.Hog(child.pid, "our-eval", 1.0), stability.Hog(1, "other-job", 0.9)]
+
+    monkeypatch.setattr(stability, "cpu_hogs", sample)
+    monkeypatch.setattr(stability, "check_host",
+                        lambda sample_seconds=0.25: stability.HostReport(2, 9.0, warnings=["busy"]))
+    monkeypatch.setattr(sandbox, "missing_layers", lambda: [])
+    reporter = _Messages()
+    try:
+        wait = loop.warn_if_host_busy(SimpleNamespace(reporter=reporter))  # type: ignore[arg-type]
+        assert reporter.lines == ["[yellow]host: busy[/]"]  # said at once; sample still open
+        release.set()
+        wait()
+    finally:
+        release.set()
+        child.communicate(b"")
+    assert len(reporter.lines) == 2
+    assert "other-job (pid 1, 90%)" in reporter.lines[1]
+    assert "our-eval" not in reporter.lines[1] and str(child.pid) not in reporter.lines[1]
+
+
+def _imported_modules(path: Path, package: str) -> set[str]:
+    """Every module `path` (in `package`) imports, at module level or inside a function."""
+    import ast
+
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom):
+            parts = package.split(".")
+            base = ".".join(parts[:len(parts) - node.level + 1]) if node.level else ""
+            base = ".".join(x for x in (base, node.module or "") if x)
+            found.add(base)
+            found.update(f"{base}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+    return found
+
+
+def test_nothing_in_the_package_imports_the_cli() -> None:
+    """The CLI is the top of the import graph, so no cycle can run through it: seed.py (run
+    by experiments' seed.py files) gets the one-line error from display.py, not from cli.py."""
+    src = Path(__file__).resolve().parents[1] / "src"
+    importers = []
+    for path in sorted((src / "ratchetloop").rglob("*.py")):
+        package = ".".join(path.parent.relative_to(src).parts)
+        if path.name != "cli.py" or package != "ratchetloop":
+            if "ratchetloop.cli" in _imported_modules(path, package):
+                importers.append(str(path.relative_to(src)))
+    assert importers == []
+    assert "ratchetloop.seed" in _imported_modules(src / "ratchetloop" / "cli.py", "ratchetloop")

@@ -1,35 +1,32 @@
-"""The `ratchet` command: argument handling only; the work lives in the modules it calls."""
+"""The `ratchet` command: argument handling only; the work lives in the modules it calls.
+
+Imports of the working modules happen inside each command: `ratchet --help`, `scores` or
+`models` must not pay for scipy, numpy, the model SDKs or the loop (issue "a loop that costs
+nothing": at most 0.3 s and 60 MiB per non-loop command; tests/test_cli.py guards it).
+"""
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
-from typing import Any
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
 import click
-from rich.console import Console
 
-from . import experiment as experiment_mod
-from . import scores as scores_mod
-from .display import LiveReporter, history_table, print_summary
-from .errors import RatchetError
-from .loop import Options, run_loop
-from .proposers import registry
+from .display import run_cli_guarded
 
-console = Console()
-err_console = Console(stderr=True)
+if TYPE_CHECKING:
+    from rich.console import Console
+
+__all__ = ["legacy_main", "main", "run_cli_guarded"]
 
 
-def run_cli_guarded(fn: Callable[[], Any]) -> Any:
-    """Turn user-fixable errors into one line on stderr and exit code 2."""
-    try:
-        return fn()
-    except RatchetError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        err_console.print("interrupted")
-        sys.exit(130)
+@cache
+def console() -> Console:
+    """stdout console, made on first use so `--help` never imports rich."""
+    from rich.console import Console
+
+    return Console()
 
 
 class GuardedGroup(click.Group):
@@ -59,6 +56,11 @@ def run(experiment: str, model: str | None, iterations: int, temperature: float 
         max_output_tokens: int | None, max_cost: float | None, max_tokens: int | None,
         max_minutes: float | None, patience: int | None, target: float | None) -> None:
     """Run the loop on EXPERIMENT (a name under experiments/ or a folder)."""
+    from . import experiment as experiment_mod
+    from .display import LiveReporter, print_summary
+    from .generic import session_parts
+    from .loop import Options, run_loop
+    from .proposers import registry
     from .seccomp import make_undumpable
 
     make_undumpable()  # the keys in our memory stay out of reach of the processes we start
@@ -66,34 +68,36 @@ def run(experiment: str, model: str | None, iterations: int, temperature: float 
     proposer = registry.resolve(model, exp, temperature=temperature, max_tokens=max_output_tokens)
     announcement = getattr(proposer, "announcement", None)
     if announcement:
-        console.print(f"[cyan]{announcement}[/]")
+        console().print(f"[cyan]{announcement}[/]")
     options = Options(iterations=iterations, max_cost=max_cost, max_tokens=max_tokens,
                       max_seconds=max_minutes * 60 if max_minutes else None,
                       patience=patience, target=target)
-    from .generic import session_parts
-
-    with LiveReporter(console, exp, proposer.name, iterations) as live:
-        reporter, adapter = session_parts(exp, live)  # generic projects: branch, results.tsv
-        summary = run_loop(exp, proposer, options, reporter, adapter)
-    print_summary(console, exp, summary)
+    with LiveReporter(console(), exp, proposer.name, iterations) as live:
+        reporter, workspace = session_parts(exp, live)  # generic: branch, results.tsv
+        summary = run_loop(exp, proposer, options, reporter, workspace)
+    print_summary(console(), exp, summary)
 
 
 @main.command()
 @click.argument("experiment")
 def seed(experiment: str) -> None:
     """Reset candidate, SCORES, MEMORY and runs/; keep git history and winners/."""
+    from .experiment import find_experiment_dir
     from .seed import reset
 
-    for line in reset(experiment_mod.find_experiment_dir(experiment)):
-        console.print(line)
+    for line in reset(find_experiment_dir(experiment)):
+        console().print(line)
 
 
 @main.command()
 @click.argument("experiment")
 def scores(experiment: str) -> None:
     """Print the scoreboard (rendered from SCORES.json)."""
+    from . import experiment as experiment_mod
+    from . import scores as scores_mod
+
     exp = experiment_mod.load(experiment)
-    console.print(scores_mod.load(exp.root, exp.name, exp.unit, exp.direction).render(),
+    console().print(scores_mod.load(exp.root, exp.name, exp.unit, exp.direction).render(),
                   markup=False, highlight=False)
 
 
@@ -102,19 +106,23 @@ def scores(experiment: str) -> None:
 @click.option("--last", "-n", default=30, show_default=True)
 def history(experiment: str, last: int) -> None:
     """Every attempt: status, score, note, failure."""
+    from . import experiment as experiment_mod
+    from .display import history_table
+
     exp = experiment_mod.load(experiment)
-    console.print(history_table(exp, last))
+    console().print(history_table(exp, last))
 
 
 @main.command()
 @click.argument("experiment")
 def best(experiment: str) -> None:
     """Show the best winner's row and source."""
+    from . import experiment as experiment_mod
     from .winners import best_source
 
     exp = experiment_mod.load(experiment)
     header, source = best_source(exp)
-    console.print(header, highlight=False)
+    console().print(header, highlight=False)
     click.echo(source)
 
 
@@ -123,10 +131,11 @@ def best(experiment: str) -> None:
 @click.argument("commit", required=False)
 def rollback(experiment: str, commit: str | None) -> None:
     """Restore the candidate file to the best winner (or to COMMIT's archived winner)."""
+    from . import experiment as experiment_mod
     from .winners import rollback as do_rollback
 
     exp = experiment_mod.load(experiment)
-    console.print(do_rollback(exp, commit), highlight=False)
+    console().print(do_rollback(exp, commit), highlight=False)
 
 
 @main.command()
@@ -135,7 +144,7 @@ def models(probe_urls: tuple[str, ...]) -> None:
     """Which model backends are usable here (keys shown as set/missing, never values)."""
     from .doctor import model_rows, rows_table
 
-    console.print(rows_table("models", model_rows(probe_urls)))
+    console().print(rows_table("models", model_rows(probe_urls)))
 
 
 @main.command()
@@ -144,8 +153,12 @@ def doctor(experiment: str | None) -> None:
     """Check toolchains, sandbox layers, keys and servers (for EXPERIMENT if given)."""
     from .doctor import doctor_rows, rows_table
 
-    exp = experiment_mod.load(experiment) if experiment else None
-    console.print(rows_table("doctor", doctor_rows(exp)))
+    exp = None
+    if experiment:  # pydantic only when there is a contract to validate
+        from . import experiment as experiment_mod
+
+        exp = experiment_mod.load(experiment)
+    console().print(rows_table("doctor", doctor_rows(exp)))
 
 
 def legacy_main() -> None:
@@ -166,6 +179,8 @@ def legacy_main() -> None:
 @click.option("--setup-check", default=None, help="command that must pass before the loop")
 @click.option("--check", default=None, help="command every winner must pass (e.g. your tests)")
 @click.option("--metric-fd", is_flag=True, help="read the metric only from $RATCHET_RESULT_FD")
+@click.option("--env", "env", multiple=True, metavar="NAME",
+              help="pass this variable to every command (repeatable; value read at run time)")
 @click.option("--directives", default=None, help="program.md text or file")
 @click.option("--from-research", type=click.Path(exists=True), help="import a research.json")
 @click.option("--force", is_flag=True, help="overwrite an existing contract")
@@ -173,5 +188,5 @@ def init(**flags: Any) -> None:
     """Set up the loop for any file + metric in this git repository (.ratchet/<tag>/)."""
     from .generic.cli import init_command
 
-    console.print(init_command(flags), highlight=False)
+    console().print(init_command(flags), highlight=False)
 

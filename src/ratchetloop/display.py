@@ -1,19 +1,49 @@
-"""What a person watching the loop sees: a live status line, an outcome per iteration, a summary."""
+"""What a person watching the loop sees: a live status line, an outcome per iteration, a summary.
+
+Also the one-line error for user-fixable problems (`run_cli_guarded`), shared by the CLI and
+experiments' seed.py files. Nothing heavy is imported at module level: the CLI imports this
+module for every command, including `--help` (rich is imported where something is printed).
+"""
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from types import TracebackType
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.table import Table
+from .errors import RatchetError
+from .fmt import times
 
-from .experiment import Experiment
-from .loop import Outcome, Summary
-from .runs import attempts
-from .scores import Scores
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .experiment import Experiment
+    from .loop import Outcome, Summary
+    from .scores import Scores
 
 STYLE = {"accepted_best": "bold green", "accepted_nonbest": "green", "rejected": "yellow",
          "failed": "red", "duplicate": "dim"}
+
+
+def run_cli_guarded(fn: Callable[[], Any]) -> Any:
+    """Turn user-fixable errors into one line on stderr and exit code 2."""
+    try:
+        return fn()
+    except RatchetError as exc:
+        _stderr().print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        _stderr().print("interrupted")
+        sys.exit(130)
+
+
+def _stderr() -> Console:
+    """A stderr console, made only when there is something to say."""
+    from rich.console import Console
+
+    return Console(stderr=True)
 
 
 class LiveReporter:
@@ -43,9 +73,10 @@ class LiveReporter:
             self.best_text = f"best {best.score:.2f}{unit} x{win:.2f}"
         u = scores.usage
         self.usage_text = f"{u.total_tokens} tokens, {u.cost_text()}"
-        what = o.message if not o.accepted else (
-            f"{o.score:.2f}{unit}, x{1 / o.ratio if self.exp.lower_is_better else o.ratio:.3f}"
-            f" vs incumbent, commit {o.commit}")
+        what = o.message
+        if o.accepted and o.ratio and o.score is not None:
+            gain = 1 / o.ratio if self.exp.lower_is_better else o.ratio
+            what = f"{o.score:.2f}{unit}, {times(gain)} vs incumbent, commit {o.commit}"
         self.console.print(f"[{STYLE.get(o.status, '')}]#{o.iteration} {o.status}[/] "
                            f"{what} [dim]({o.note})[/]", highlight=False)
 
@@ -70,6 +101,11 @@ def print_summary(console: Console, exp: Experiment, summary: Summary) -> None:
 
 
 def history_table(exp: Experiment, last: int) -> Table:
+    """Every attempt as a table (imports here: this module loads for every CLI command)."""
+    from rich.table import Table
+
+    from .runs import attempts
+
     table = Table(title=f"{exp.name} attempts")
     for col in ("#", "time", "model", "status", "score", "note / failure"):
         table.add_column(col)

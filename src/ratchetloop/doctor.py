@@ -16,15 +16,16 @@ import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import Iterable
-from typing import NamedTuple
-
-from rich.markup import escape
-from rich.table import Table
+from typing import TYPE_CHECKING, NamedTuple
 
 from .errors import RatchetError
-from .experiment import Experiment
 from .proposers import keys
 from .proposers.registry import ollama_base_url
+
+if TYPE_CHECKING:  # annotations only: `ratchet models` never needs pydantic
+    from rich.table import Table
+
+    from .experiment import Experiment
 
 PROBE_TIMEOUT = 0.5
 
@@ -153,6 +154,9 @@ _STYLE = {"ok": "green", "missing": "red", "warn": "yellow", "unreachable": "yel
 
 def rows_table(title: str, rows: list[Row]) -> Table:
     """A rich table of rows for the CLI."""
+    from rich.markup import escape
+    from rich.table import Table
+
     table = Table(title=title, show_header=True, header_style="bold")
     for column in ("check", "status", "detail"):
         table.add_column(column, overflow="fold")

@@ -8,6 +8,7 @@ from pathlib import Path
 from . import experiment as experiment_mod
 from . import gitops
 from . import scores as scores_mod
+from .display import run_cli_guarded
 from .files import atomic_write_text
 from .lock import experiment_lock
 
@@ -37,9 +38,7 @@ def reset(folder: Path | str) -> list[str]:
 
 
 def main(folder: Path | str) -> None:
-    """Entry point for experiments' seed.py files."""
-    from .cli import run_cli_guarded
-
+    """Entry point for experiments' seed.py files (errors read as the CLI's: one line, exit 2)."""
     def _do() -> None:
         for line in reset(folder):
             print(line)

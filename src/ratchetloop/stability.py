@@ -15,9 +15,9 @@ timing process.
 from __future__ import annotations
 
 import os
+import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -151,12 +151,48 @@ def check_host(sample_seconds: float = 0.25) -> HostReport:
     govs = governors()
     boost = boost_state()
     hogs = cpu_hogs(sample_seconds) if sample_seconds > 0 else []
-    warnings = [w for w in [load_warning(load1, cores)] if w]
+    warnings = [w for w in [load_warning(load1, cores), hog_warning(hogs)] if w]
     warnings += governor_warnings(govs, boost)
-    if hogs:
-        names = ", ".join(f"{h.name} (pid {h.pid}, {h.cpu:.0%})" for h in hogs[:5])
-        warnings.append(f"other processes using CPU right now: {names}")
     return HostReport(cores, load1, govs, boost, hogs, warnings)
+
+
+def hog_warning(hogs: list[Hog]) -> str:
+    if not hogs:
+        return ""
+    names = ", ".join(f"{h.name} (pid {h.pid}, {h.cpu:.0%})" for h in hogs[:5])
+    return f"other processes using CPU right now: {names}"
+
+
+def descends_from(pid: int, ancestor: int, proc: Path = PROC) -> bool:
+    """Is `pid` a descendant of `ancestor`? Walks parents in /proc (ppid: stat field 4)."""
+    for _ in range(64):
+        try:
+            stat = (proc / str(pid) / "stat").read_text(encoding="utf-8", errors="replace")
+            pid = int(stat.rpartition(")")[2].split()[1])
+        except (OSError, ValueError, IndexError):
+            return False
+        if pid == ancestor:
+            return True
+        if pid <= 1:
+            return False
+    return False
+
+
+def watch_for_hogs(report: Callable[[str], None]) -> Callable[[], None]:
+    """Sample other processes' CPU use in a thread and report a warning when ready, so the
+    quarter-second sample is off the path to the first proposal. Processes we start
+    meanwhile (the seed's evaluation, a CLI agent) are not "other" load. Returns a wait;
+    the thread is not a daemon, so a run shorter than the sample still prints it."""
+    me = os.getpid()
+
+    def sample() -> None:
+        warning = hog_warning([h for h in cpu_hogs() if not descends_from(h.pid, me)])
+        if warning:
+            report(warning)
+
+    probe = threading.Thread(target=sample, name="ratchet-host-probe")
+    probe.start()
+    return probe.join
 
 
 def choose_cpu(allowed: list[int]) -> int:
@@ -182,17 +218,3 @@ def pin_current_process(cpu: int | None = None) -> int | None:
         return None
     return target
 
-
-@contextmanager
-def pinned(cpu: int | None = None) -> Iterator[int | None]:
-    """Pin for the body only, then restore the previous affinity (for in-process callers)."""
-    try:
-        previous: set[int] | None = os.sched_getaffinity(0)
-    except (AttributeError, OSError):
-        previous = None
-    chosen = pin_current_process(cpu)
-    try:
-        yield chosen
-    finally:
-        if previous is not None and chosen is not None:
-            os.sched_setaffinity(0, previous)
