@@ -16,13 +16,14 @@ from __future__ import annotations
 import json
 import os
 import random
+import select
 import signal
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from conftest import RATCHET, git, reply, slow_fib, write_replay
+from conftest import GIT_ENV, ITERATIVE, PYTHON, RATCHET, git, reply, slow_fib, write_replay
 
 KILLS = 10
 RNG_SEED = 20260
@@ -157,7 +158,7 @@ def test_sigkill_anywhere_then_resume_loses_no_winner(exp_repo, tmp_path: Path) 
             killed = kill_after_commits(proc, repo, rng.choice([1, 2]), limit=60)
             kind = "after_commit"
         else:
-            killed = kill_after(proc, rng.uniform(0.3, 5.0))
+            killed = kill_after(proc, rng.uniform(0.2, 2.0))  # a whole run takes a few s
             kind = "random"
         if not killed:
             break  # the run finished the whole script before the kill point
@@ -213,29 +214,126 @@ def test_ctrl_c_ends_with_a_summary_and_whole_files(exp_repo, tmp_path: Path) ->
     assert not (folder / ".ratchet.lock.holder").exists()  # the lock was released
 
 
-def test_commit_after_a_killed_git_clears_its_stale_locks(fib: Path) -> None:
+# ------------------------------------------------------------------ git's lock files
+#
+# A hook or editor that git runs while it holds index.lock tells the test it is there (a line
+# on the `ready` fifo) and then blocks reading the `release` fifo, which the test holds open
+# read-write: it returns when the test closes that, or dies with its process group.
+
+HOLD = """#!/bin/sh
+echo ready > "$RL_READY"
+cat "$RL_RELEASE" > /dev/null
+if [ -n "$1" ] && [ -f "$1" ]; then echo "user's own change" > "$1"; fi
+"""
+
+
+class Holder:
+    """Fifos and a script for git to run (as GIT_EDITOR or core.fsmonitor) that blocks."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.ready, self.release = tmp / "ready", tmp / "release"
+        os.mkfifo(self.ready)
+        os.mkfifo(self.release)
+        self.script = tmp / "hold.sh"
+        self.script.write_text(HOLD)
+        self.script.chmod(0o755)
+        self.release_fd = os.open(self.release, os.O_RDWR)  # never blocks on Linux
+        self.env = {**os.environ, **GIT_ENV, "RL_READY": str(self.ready),
+                    "RL_RELEASE": str(self.release)}
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        fd = os.open(self.ready, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            readable, _, _ = select.select([fd], [], [], timeout)
+            assert readable and os.read(fd, 64) == b"ready\n", "git never reached the script"
+        finally:
+            os.close(fd)
+
+    def let_go(self) -> None:
+        if self.release_fd >= 0:
+            os.close(self.release_fd)
+            self.release_fd = -1
+
+
+def markers(repo: Path) -> list[Path]:
+    return list((repo / ".git").glob("ratchetloop-commit.*"))
+
+
+def test_a_users_commit_waiting_for_its_editor_keeps_its_lock(fib: Path, tmp_path: Path) -> None:
+    """git commit -a holds index.lock with no descriptor open while the editor runs."""
+    from ratchetloop import gitops
+    from ratchetloop.errors import RatchetError
+
+    repo = fib.parents[1]
+    hold = Holder(tmp_path)
+    (repo / "README.md").write_text("edited by the user\n")
+    user = subprocess.Popen(["git", "commit", "-a"], cwd=repo, text=True,
+                            env={**hold.env, "GIT_EDITOR": str(hold.script)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        hold.wait_ready()  # the user is in the editor now
+        lock = repo / ".git" / "index.lock"
+        long_ago = time.time() - 600  # and has been typing for ten minutes
+        os.utime(lock, (long_ago, long_ago))
+        inode = lock.stat().st_ino
+        (fib / "candidate.py").write_text(ITERATIVE)
+        with pytest.raises(RatchetError, match=r"index\.lock exists and is not the loop's to "
+                                               r"remove \(git is running in"):
+            gitops.commit_paths(repo, [fib / "candidate.py"], "Accept too early", lock_wait=0)
+        assert lock.stat().st_ino == inode  # the user's lock, untouched
+    finally:
+        hold.let_go()
+        out, err = user.communicate(timeout=60)
+    assert user.returncode == 0, out + err
+    assert git(repo, "log", "-1", "--format=%s").strip() == "user's own change"
+    gitops.commit_paths(repo, [fib / "candidate.py"], "Accept after the user")
+    assert git(repo, "log", "-2", "--format=%s").splitlines() == [
+        "Accept after the user", "user's own change"]
+    assert markers(repo) == []
+
+
+def test_a_loop_killed_mid_commit_leaves_a_lock_the_next_commit_clears(
+        fib: Path, tmp_path: Path) -> None:
     from ratchetloop import gitops
 
     repo = fib.parents[1]
-    stale = [repo / ".git" / "index.lock", repo / ".git" / "HEAD.lock",
-             repo / ".git" / "refs" / "heads" / "main.lock"]
-    for lock in stale:
-        lock.write_text("")
-        os.utime(lock, (time.time() - 30, time.time() - 30))  # left by a dead git
-    (fib / "candidate.py").write_text("def fib(n):\n    return n\n")
-    sha = gitops.commit_paths(repo, [fib / "candidate.py"], "Commit after a crash")
-    assert git(repo, "log", "-1", "--format=%h %s").strip() == f"{sha} Commit after a crash"
-    assert not any(lock.exists() for lock in stale)
+    hold = Holder(tmp_path)
+    locked_only = tmp_path / "hold-when-locked.sh"  # blocks only once index.lock is held
+    locked_only.write_text(f"#!/bin/sh\n[ -e .git/index.lock ] || exit 1\nexec {hold.script}\n")
+    locked_only.chmod(0o755)
+    git(repo, "config", "core.fsmonitor", str(locked_only))  # runs inside `git add`
+    new_file = fib / "winners" / "abc1234" / "note.txt"  # untracked: commit_paths adds it
+    new_file.parent.mkdir(parents=True)
+    new_file.write_text("a winner's note\n")
+    loop = subprocess.Popen(
+        [PYTHON, "-c", "import sys\nfrom pathlib import Path\nfrom ratchetloop import gitops\n"
+         "gitops.commit_paths(Path(sys.argv[1]), [Path(sys.argv[2])], 'never made')",
+         str(repo), str(new_file)],
+        env=hold.env, start_new_session=True)
+    try:
+        hold.wait_ready()  # the loop's `git add` holds index.lock
+    finally:
+        kill_group(loop)  # the loop and its git die together, as on a power cut
+        hold.let_go()
+    lock = repo / ".git" / "index.lock"
+    assert lock.exists() and len(markers(repo)) == 1  # what the dead pair left
+    git(repo, "config", "--unset", "core.fsmonitor")
+    sha = gitops.commit_paths(repo, [new_file], "Commit after a killed loop")
+    assert git(repo, "log", "-1", "--format=%h %s").strip() == f"{sha} Commit after a killed loop"
+    assert not lock.exists() and markers(repo) == []
 
 
-def test_a_held_git_lock_is_waited_for_then_named(fib: Path) -> None:
+def test_a_lock_the_loop_did_not_make_is_never_removed(fib: Path) -> None:
+    """Even one whose writer is long gone: the user is told to remove it."""
     from ratchetloop import gitops
     from ratchetloop.errors import RatchetError
 
     repo = fib.parents[1]
     lock = repo / ".git" / "index.lock"
-    with lock.open("w"):  # a live process (this one) holds it open
-        with pytest.raises(RatchetError, match="index.lock exists"):
-            gitops.clear_stale_locks(repo, wait=0.3)
-    assert lock.exists()  # never removed from under a live git
-    lock.unlink()
+    lock.write_text("")
+    os.utime(lock, (time.time() - 3600, time.time() - 3600))
+    (fib / "candidate.py").write_text(ITERATIVE)
+    with pytest.raises(RatchetError, match=r"no ratchet commit was under way when it was "
+                                           r"made\)\. .* remove the file and run again"):
+        gitops.commit_paths(repo, [fib / "candidate.py"], "Accept", lock_wait=0)
+    assert lock.exists()

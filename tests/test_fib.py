@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -54,8 +56,11 @@ def test_scripted_fib_keeps_memo_and_rejects_the_wrong_shortcut(tmp_path):
     assert iterative.status == "rejected"  # a loop of 22 steps loses to a warm cache hit
     assert (wrong.status, wrong.failure_kind) == ("failed", "validation_error")
     assert "999" in wrong.message
-    assert lru.status in ("accepted_best", "rejected") and lru.failure_kind in (None,
-                                                                                 "not_better")
+    # lru_cache vs the dict memo is a close race: the one certain thing is that functools
+    # passes security and validation, so timing decides, and the status is that decision
+    decided = json.loads((exp.root / "runs" / "0004" / "decision.json").read_text())
+    assert lru.status == ("accepted_best" if decided["is_best"] else
+                          "accepted_nonbest" if decided["cases_won"] else "rejected")
     assert summary.best is not None and summary.seed is not None
     assert summary.best.score < summary.seed.score / 100
     scores_md = exp.path("SCORES.md").read_text()
@@ -69,3 +74,18 @@ def test_tuner_runs_fib_the_same_way(tmp_path):
     assert all(o.status != "failed" for o in summary.outcomes)  # every knob is a correct fib
     assert summary.best is not None and summary.seed is not None
     assert summary.best.score < summary.seed.score / 100  # some cached/iterative form won
+
+
+def test_prompt_shows_scores_to_four_significant_digits() -> None:
+    spec = importlib.util.spec_from_file_location("fib_prompt", FIB / "prompt.py")
+    assert spec and spec.loader
+    prompt = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(prompt)
+    text = prompt.build({
+        "experiment_md": "# fib", "incumbent_source": MEMO, "unit": "us",
+        "incumbent_score": 4456.907499999999, "seed_score": 1234567.891,
+        "specialists": [{"case": "fib22", "score": 0.012345678, "source": ITERATIVE}],
+        "memory_md": "## Memory", "last_failure": None,
+    })
+    assert "Current best (4457 us per suite round; seed 1234568 us):" in text
+    assert "Best on case fib22 (0.01235 us), though not best overall:" in text

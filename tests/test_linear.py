@@ -64,7 +64,8 @@ def test_eval_naive_vs_naive_pairs_every_case(exp_repo: Callable[..., Path]) -> 
     assert set(result.samples) == {c.name for c in exp.enabled_cases}
     for case in result.samples.values():
         assert set(case) == {"candidate", "incumbent"}
-        assert len(case["candidate"]) == len(case["incumbent"]) == result.rounds >= 6
+        # A/A: decided at a scheduled look, often the first (3 rounds: "same", no 1% gain)
+        assert len(case["candidate"]) == len(case["incumbent"]) == result.rounds >= 3
     # A/A: the candidate is neither far faster nor far slower on the suite total
     cand = sum(sorted(c["candidate"])[result.rounds // 2] for c in result.samples.values())
     inc = sum(sorted(c["incumbent"])[result.rounds // 2] for c in result.samples.values())
@@ -266,8 +267,11 @@ def test_seed_script_resets_state_and_keeps_winners(exp_repo: Callable[..., Path
     assert proc.returncode == 0, proc.stderr
     assert (folder / "candidate.c").read_text() == NAIVE
     assert not (folder / "MEMORY.md").exists()
-    scores = folder / "SCORES.json"  # removed, or rewritten fresh (with a reset marker)
-    assert not scores.exists() or json.loads(scores.read_text()).get("experiment") == "linear"
+    fresh = json.loads((folder / "SCORES.json").read_text())  # empty, with the reset point
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
+                          text=True, check=True).stdout.strip()
+    assert (fresh["experiment"], fresh["seed"], fresh["rows"], fresh["reset_at"]) == (
+        "linear", None, [], head)
     assert not (folder / "runs").exists() and (folder / "winners" / "abc").is_dir()
     assert json.loads((folder / "experiment.json").read_text())["name"] == "linear"
 

@@ -28,3 +28,14 @@ def test_ideas_marked_tried_by_notes() -> None:
     mem.mark_tried("memoise fib results")
     assert mem.unexplored[0].tried
     assert "memoise" not in mem.render().split("## Still unexplored")[1]
+
+
+def test_numbers_in_prompts_are_rounded_and_never_in_e_notation() -> None:
+    from ratchetloop.fmt import significant, times
+
+    assert significant(4456.907499999999) == "4457"
+    assert significant(0.012345678) == "0.01235"
+    assert significant(123456789.0) == "123456789"
+    assert times(1.0213) == "x1.021"
+    assert times(4456.907) == "x4457"
+    assert times(12345.6) == "x12346"

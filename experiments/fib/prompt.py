@@ -1,6 +1,11 @@
 """What the model sees for the fib demo."""
 
+from ratchetloop.fmt import significant
 from ratchetloop.proposers.base import CACHE_BREAK
+
+
+def _fmt(value: float | None, unit: str) -> str:
+    return "unmeasured" if value is None else f"{significant(value)} {unit}"
 
 
 def build(context: dict) -> str:
@@ -9,14 +14,14 @@ def build(context: dict) -> str:
         context["experiment_md"].strip(),
         CACHE_BREAK,  # the stable part ends here: backends that cache prompts pay once
         "",
-        f"Current best ({context['incumbent_score'] or 'unmeasured'} {context['unit']} per suite"
-        f" round; seed {context['seed_score']} {context['unit']}):",
+        f"Current best ({_fmt(context['incumbent_score'], context['unit'])} per suite round;"
+        f" seed {_fmt(context['seed_score'], context['unit'])}):",
         "```python",
         context["incumbent_source"].strip(),
         "```",
     ]
     for spec in context.get("specialists") or []:
-        parts += ["", f"Best on case {spec['case']} ({spec['score']} {context['unit']}),"
+        parts += ["", f"Best on case {spec['case']} ({_fmt(spec['score'], context['unit'])}),"
                   " though not best overall:", "```python", spec["source"].strip(), "```"]
     parts += [
         "",

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import RatchetError
@@ -34,50 +37,172 @@ def _raise_for(proc: subprocess.CompletedProcess[str], command: str) -> None:
     raise RatchetError(f"git {command} failed: {reason}")
 
 
-def clear_stale_locks(repo: Path, wait: float = 10.0) -> None:
-    """A git killed mid-commit (e.g. with the loop, by SIGKILL) leaves index.lock or a ref
-    lock behind and every later commit fails. Wait while a live process holds one; remove it
-    once nobody has it open (checked through /proc) and it is not brand new; otherwise say
-    what to do."""
-    branch = git(repo, "symbolic-ref", "-q", "HEAD", check=False).strip()
-    names = ["index.lock", "HEAD.lock"] + ([f"{branch}.lock"] if branch else [])
-    for name in names:
-        lock = Path(git(repo, "rev-parse", "--git-path", name).strip())
-        _clear_stale_lock(lock if lock.is_absolute() else repo / lock, repo, wait)
+# ------------------------------------------------------------------ git's lock files
+#
+# A git killed mid-commit leaves index.lock (or HEAD.lock, <branch>.lock) behind and every
+# later commit fails. Whether anyone still holds such a file cannot be read off the file:
+# `git commit -a` keeps index.lock with no descriptor open while it waits for the user's
+# editor. So the loop removes a lock only when it is provably its own:
+#   (a) commit_paths touches a marker, <git dir>/ratchetloop-commit.<pid>.<start>, before its
+#       first git command and removes it after the last; a marker whose process is gone
+#       (pid dead, or reused: the start time differs) means a loop died while committing;
+#   (b) the lock is no older than that marker: it appeared while that loop was committing;
+#   (c) no git process is running in this repository now (its cwd, command line or GIT_*
+#       variables point into the repository; one whose /proc entries cannot be read counts).
+# Any other lock is waited for, then named in a RatchetError saying what to do. Without
+# /proc (macOS) (c) cannot be shown, so nothing is ever removed there.
+
+MARKER_PREFIX = "ratchetloop-commit."
 
 
-def _clear_stale_lock(lock: Path, repo: Path, wait: float) -> None:
+@dataclass(frozen=True)
+class CommitContext:
+    """What every commit in one repository needs, found once (a git process costs ~4 ms):
+    where its locks live and who commits. A run keeps one; its branch does not change."""
+
+    git_dir: Path
+    locks: tuple[Path, ...]  # index.lock, HEAD.lock, and the current branch's ref lock
+    env: dict[str, str]
+
+    @classmethod
+    def of(cls, repo: Path) -> CommitContext:
+        out = git(repo, "rev-parse", "--absolute-git-dir", "--git-common-dir",
+                  "--symbolic-full-name", "HEAD").splitlines()
+        gdir = Path(out[0])
+        common = Path(out[1]) if Path(out[1]).is_absolute() else Path(repo) / out[1]
+        ref = out[2].strip() if len(out) > 2 and out[2].startswith("refs/") else ""
+        locks = [gdir / "index.lock", gdir / "HEAD.lock"]
+        if ref:
+            locks.append(common.resolve() / f"{ref}.lock")
+        return cls(gdir, tuple(locks), _identity_env(repo))
+
+
+def clear_stale_locks(repo: Path, wait: float = 10.0, dirs: CommitContext | None = None) -> None:
+    """Before committing: remove the locks a killed loop left (see above), and wait up to
+    `wait` seconds for any other lock to go away; then stop with a message naming it."""
+    dirs = dirs or CommitContext.of(repo)
     deadline = time.monotonic() + wait
+    for lock in dirs.locks:
+        if lock.exists():
+            _clear_stale_lock(lock, repo, dirs.git_dir, deadline)
+    for marker in _dead_markers(dirs.git_dir):  # no lock left that a dead loop could vouch for
+        marker.unlink(missing_ok=True)
+
+
+def _clear_stale_lock(lock: Path, repo: Path, gdir: Path, deadline: float) -> None:
     while lock.exists():
-        held = _open_by_some_process(lock)
-        try:
-            age = time.time() - lock.stat().st_mtime
-        except FileNotFoundError:
-            return
-        if held is False and age >= 1.0:
+        if _left_by_dead_loop(lock, repo, gdir):
             lock.unlink(missing_ok=True)
             return
         if time.monotonic() >= deadline:
+            running = _git_running_in(repo, gdir)
+            who = (f"git is running in {repo}: pid {running[0]}, `{running[1][:80]}`"
+                   if running else "no ratchet commit was under way when it was made")
             raise RatchetError(
-                f"{lock} exists: another git process is running in {repo}, or one was killed;"
-                " if no git command is running, remove that file and run again")
-        time.sleep(0.1)
+                f"{lock} exists and is not the loop's to remove ({who}). Finish that git "
+                "command (a `git commit` waiting for its editor holds it); if no git command "
+                "is running, remove the file and run again")
+        time.sleep(0.1)  # a short git command (status, add) releases it soon
 
 
-def _open_by_some_process(path: Path) -> bool | None:
-    """Whether any process has `path` open; None when /proc cannot tell."""
-    proc = Path("/proc")
-    if not (proc / "self" / "fd").is_dir():
+def _left_by_dead_loop(lock: Path, repo: Path, gdir: Path) -> bool:
+    """(a), (b) and (c) above."""
+    try:
+        made = lock.stat().st_mtime_ns
+    except FileNotFoundError:
+        return False
+    if not _proc_readable() or not any(_mtime_ns(m) <= made for m in _dead_markers(gdir)):
+        return False
+    return _git_running_in(repo, gdir) is None
+
+
+@contextmanager
+def _committing(gdir: Path) -> Iterator[None]:
+    """Mark this process as committing in the repository of `gdir`, so a lock its git
+    leaves when both are killed can be told apart from one a user's git holds."""
+    pid = os.getpid()
+    marker = gdir / f"{MARKER_PREFIX}{pid}.{_start_time(pid) or 0}"
+    marker.touch()
+    try:
+        yield
+    finally:
+        marker.unlink(missing_ok=True)
+
+
+def _dead_markers(gdir: Path) -> list[Path]:
+    dead = []
+    for marker in gdir.glob(f"{MARKER_PREFIX}*"):
+        pid, _, start = marker.name[len(MARKER_PREFIX):].partition(".")
+        if pid.isdigit() and start.isdigit() and not _alive(int(pid), int(start)):
+            dead.append(marker)
+    return dead
+
+
+def _mtime_ns(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except FileNotFoundError:
+        return 1 << 62  # gone meanwhile: vouches for nothing
+
+
+def _proc_readable() -> bool:
+    return Path("/proc/self/cwd").exists()
+
+
+def _start_time(pid: int) -> int | None:
+    """Clock ticks after boot at which `pid` started (field 22 of /proc/<pid>/stat)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8", errors="replace")
+    except OSError:
         return None
-    target = str(path.resolve())
-    for fd_dir in proc.glob("[0-9]*/fd"):
+    fields = stat.rpartition(")")[2].split()
+    return int(fields[19]) if len(fields) > 19 else None
+
+
+def _alive(pid: int, start: int) -> bool:
+    """Whether the process that wrote a marker still runs (not merely its pid, reused)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    now = _start_time(pid)
+    return now is None or not start or now == start
+
+
+def _git_running_in(repo: Path, gdir: Path) -> tuple[int, str] | None:
+    """(pid, command line) of a live git process working in this repository, else None.
+
+    A git process whose cwd, command line or environment cannot be read counts as running
+    here: the answer must never be a wrong "no"."""
+    common = common_dir(repo)
+    roots = {str(p) for p in (repo.resolve(), gdir.resolve(), common,
+                              common.parent if common.name == ".git" else common)}
+
+    def inside(text: str) -> bool:  # a path, or an option such as --git-dir=<path>
+        return any(text == r or text.endswith(f"={r}") or f"{r}{os.sep}" in text
+                   for r in roots)
+
+    for entry in Path("/proc").glob("[0-9]*"):
         try:
-            for fd in fd_dir.iterdir():
-                if os.readlink(fd) == target:
-                    return True
+            if not (entry / "comm").read_text().startswith("git"):
+                continue
+            argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
         except OSError:
+            continue  # exited meanwhile
+        command = " ".join(a for a in argv if a)
+        try:
+            cwd = os.readlink(entry / "cwd")
+            env = (entry / "environ").read_bytes().decode(errors="replace").split("\0")
+        except FileNotFoundError:
             continue
-    return False
+        except OSError:
+            return int(entry.name), command  # another user's git: cannot tell where
+        git_env = [v.partition("=")[2] for v in env if v.startswith("GIT_")]
+        if inside(cwd) or any(inside(a) for a in argv + git_env):
+            return int(entry.name), command
+    return None
 
 
 def repo_root(folder: Path) -> Path:
@@ -97,29 +222,41 @@ def check_branch(repo: Path) -> None:
 def _identity_env(repo: Path) -> dict[str, str]:
     """Use the user's identity when configured; fall back to ratchetloop's own."""
     env = dict(os.environ)
+    configured = git(repo, "config", "--get-regexp", r"^user\.(name|email)$", check=False)
+    keys = {line.split(" ", 1)[0].lower() for line in configured.splitlines()}
     for key, var in (("user.name", "GIT_AUTHOR_NAME"), ("user.email", "GIT_AUTHOR_EMAIL")):
-        if not git(repo, "config", key, check=False).strip() and var not in env:
+        if key not in keys and var not in env:
             env[var] = IDENTITY[var]
             env[var.replace("AUTHOR", "COMMITTER")] = IDENTITY[var]
     return env
 
 
-def commit_paths(repo: Path, paths: Sequence[Path], message: str) -> str:
-    """Commit exactly `paths`; whatever else the user has staged or changed stays as it was."""
+def commit_paths(repo: Path, paths: Sequence[Path], message: str,
+                 lock_wait: float = 10.0, context: CommitContext | None = None) -> str:
+    """Commit exactly `paths`; whatever else the user has staged or changed stays as it was.
+    A git lock that is not the loop's own is waited for up to `lock_wait` seconds."""
     rel = [str(Path(p).resolve().relative_to(repo)) for p in paths if Path(p).exists()]
     if not rel:
         raise RatchetError("nothing to commit")
-    clear_stale_locks(repo)
-    git(repo, "add", "--", *rel)
-    proc = subprocess.run(
-        ["git", "commit", "--no-verify", "--only", "-q", "-F", "-", "--", *rel],
-        cwd=repo, input=message, capture_output=True, text=True, env=_identity_env(repo),
-    )
+    ctx = context or CommitContext.of(repo)
+    clear_stale_locks(repo, lock_wait, ctx)
+
+    def commit() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(  # not -q: its first line names the new commit
+            ["git", "-c", "core.abbrev=7", "commit", "--no-verify", "--only", "-F", "-", "--",
+             *rel], cwd=repo, input=message, capture_output=True, text=True, env=ctx.env)
+
+    with _committing(ctx.git_dir):
+        proc = commit()  # tracked files need no `git add` first
+        if proc.returncode != 0 and "did not match any file" in proc.stderr:
+            git(repo, "add", "--", *rel)  # new files (winners/<sha>/)
+            proc = commit()
     if proc.returncode != 0:
         if "nothing to commit" in proc.stdout + proc.stderr or "no changes added" in proc.stdout:
             return head(repo)
         raise RatchetError(f"git commit failed: {(proc.stderr or proc.stdout).strip()[-300:]}")
-    return head(repo)
+    made = re.match(r"\[[^\]]*? ([0-9a-f]{7,40})\]", proc.stdout)
+    return made.group(1) if made else head(repo)  # as `rev-parse --short=7` would
 
 
 def head(repo: Path, short: bool = True) -> str:
@@ -183,6 +320,11 @@ _UNSAFE_GIT_ENV = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_COMMON_DIR
                    "GIT_SEQUENCE_EDITOR", "GIT_SSH", "GIT_SSH_COMMAND", "GIT_ASKPASS",
                    "SSH_ASKPASS", "GIT_PROXY_COMMAND", "GIT_CONFIG_PARAMETERS",
                    "GIT_CONFIG_COUNT")
+
+
+def git_dir(repo: Path) -> Path:
+    """The repository's (per-worktree) git dir, absolute."""
+    return Path(git(repo, "rev-parse", "--absolute-git-dir").strip())
 
 
 def common_dir(repo: Path) -> Path:

@@ -12,6 +12,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from .files import atomic_write_json, atomic_write_text, read_model
+from .fmt import times
 
 MEMORY_MD_LIMIT = 3500  # characters; the prompt-facing memory never grows past this
 STOPWORDS = {"the", "a", "an", "and", "or", "of", "to", "in", "on", "for", "with", "use", "try",
@@ -122,7 +123,7 @@ def _render_sections(worked: list[Worked], failing: list[FailureGroup], tried: l
                      ideas: list[Idea], duplicates: int) -> str:
     lines = ["# Memory", "", "## What has worked"]
     lines += [
-        f"- x{w.speedup:.3f} ({w.kind}{': ' + ', '.join(w.cases) if w.cases else ''},"
+        f"- {times(w.speedup)} ({w.kind}{': ' + ', '.join(w.cases) if w.cases else ''},"
         f" iteration {w.iteration}): {w.note}"
         for w in worked
     ] or ["- nothing accepted yet"]
@@ -150,7 +151,7 @@ def _summarise_tried(tried: list[Tried]) -> list[str]:
     out = []
     for group in seen.values():
         best = max((t.speedup for t in group if t.speedup), default=None)
-        measured = f", best x{best:.3f} vs incumbent" if best else ""
+        measured = f", best {times(best)} vs incumbent" if best else ""
         count = f"{len(group)}x " if len(group) > 1 else ""
         out.append(f"{count}{group[0].note}{measured}")
     return out
@@ -190,4 +191,4 @@ def load(folder: Path) -> Memory:
 
 def save(folder: Path, memory: Memory) -> None:
     atomic_write_json(folder / "MEMORY.json", memory)
-    atomic_write_text(folder / "MEMORY.md", memory.render())
+    atomic_write_text(folder / "MEMORY.md", memory.render(), durable=False)

@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from .files import atomic_write_json, atomic_write_text, read_model
+from .fmt import times
 from .proposers.base import Usage
 
 
@@ -145,8 +146,8 @@ def render(scores: Scores) -> str:
                  f" failed {c.failed}, duplicates skipped {c.duplicates})")
     if scores.drift:
         d = scores.drift[-1]
-        lines.append(f"- drift check (iteration {d.iteration}): best/seed measured now"
-                     f" x{1 / d.ratio if lower else d.ratio:.3f}")
+        lines.append(f"- drift check (iteration {d.iteration}): best vs seed measured now,"
+                     f" {times(1 / d.ratio if lower else d.ratio)} better")
     lines += ["", "| Timestamp | Model | Median | Seed | Win | Commit | Notes |",
               "|---|---|---|---|---|---|---|"]
     ordered = sorted(scores.rows, key=lambda r: (r.score if lower else -r.score, r.iteration))
@@ -198,4 +199,4 @@ def load(folder: Path, experiment: str, unit: str, direction: str) -> Scores:
 
 def save(folder: Path, scores: Scores) -> None:
     atomic_write_json(folder / "SCORES.json", scores)
-    atomic_write_text(folder / "SCORES.md", render(scores))
+    atomic_write_text(folder / "SCORES.md", render(scores), durable=False)

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
+from ..files import read_text_or_empty
 from .contract import spec_of
 from .edits import from_bundle
 
 MAX_BUNDLE_BYTES = 2_000_000
+
+
+def _metric(value: float | None, unit: str) -> str:
+    """Six significant digits, as results.tsv shows them: a median such as 4456.907499999999
+    is noise past that, and the model should read the number the user reads."""
+    text = "not measured" if value is None else f"{value:.6g}"
+    return f"{text} {unit}" if unit else text
 
 
 def build_prompt(context: dict[str, Any]) -> str:
@@ -18,13 +25,13 @@ def build_prompt(context: dict[str, Any]) -> str:
     lang = context["language"]
     direction = "higher" if not exp.lower_is_better else "lower"
     files = from_bundle(context["incumbent_source"])
-    parts = [_read(exp.path("program.md")).strip(), "",
+    parts = [read_text_or_empty(exp.path("program.md")).strip(), "",
              f"Metric: `{spec.run_command}` prints it; {direction} is better."
-             f" Current best {context['incumbent_score']} {exp.unit} (baseline"
-             f" {context['seed_score']} {exp.unit}).", ""]
+             f" Current best {_metric(context['incumbent_score'], exp.unit)} (baseline"
+             f" {_metric(context['seed_score'], exp.unit)}).", ""]
     for path in spec.readonly:
-        parts += [f"Read-only context: {path}", f"```{lang}", _read(repo / path).rstrip(), "```",
-                  ""]
+        parts += [f"Read-only context: {path}", f"```{lang}",
+                  read_text_or_empty(repo / path).rstrip(), "```", ""]
     big = []
     for path, text in files.items():
         lines = text.count("\n")
@@ -57,9 +64,3 @@ def default_security(source: str) -> list[str]:
         return [f"candidate is larger than {MAX_BUNDLE_BYTES} bytes"]
     return []
 
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except OSError:
-        return ""
