@@ -39,9 +39,9 @@ def setup(tmp_path: Path, **kw: object) -> tuple[Path, experiment_mod.Experiment
 
 
 def run(exp: experiment_mod.Experiment, replies: list[str], n: int):  # noqa: ANN201
-    reporter, adapter = session_parts(exp, QuietReporter())
+    reporter, workspace = session_parts(exp, QuietReporter())
     proposer = ReplayProposer(replies)
-    return run_loop(exp, proposer, Options(iterations=n), reporter, adapter), proposer
+    return run_loop(exp, proposer, Options(iterations=n), reporter, workspace), proposer
 
 
 def test_keeps_better_rejects_worse_and_outside_edits_without_touching_the_user(tmp_path):
@@ -125,8 +125,8 @@ def test_setup_check_failure_halts_with_its_output(tmp_path):
 def test_branch_name_is_suffixed_when_taken_and_dirty_files_refused(tmp_path):
     repo, exp = setup(tmp_path)
     git(repo, "branch", "ratchet/calc")
-    _, adapter = session_parts(exp, QuietReporter())
-    assert adapter is not None and adapter.trees.branch == "ratchet/calc-2"
+    _, workspace = session_parts(exp, QuietReporter())
+    assert workspace is not None and workspace.trees.branch == "ratchet/calc-2"
     (repo / "calc.py").write_text(CALC + "# local edit\n")
     with pytest.raises(RatchetError, match="uncommitted"):
         session_parts(exp, QuietReporter())
@@ -212,7 +212,7 @@ def test_old_worktrees_are_deleted_as_files_and_pruned(tmp_path):
                                                       "base": git(repo, "rev-parse", "HEAD")
                                                       .strip()}))
     (old / ".git").write_text("gitdir: /nonexistent/evil\n")  # what a candidate planted
-    _, adapter = session_parts(exp, QuietReporter())
-    assert adapter is not None and adapter.trees.branch == "ratchet/calc"
+    _, workspace = session_parts(exp, QuietReporter())
+    assert workspace is not None and workspace.trees.branch == "ratchet/calc"
     assert not old.exists() and str(old) not in git(repo, "worktree", "list")
     git(repo, "checkout", "-q", "ratchet/calc")  # possible again: not checked out elsewhere

@@ -187,3 +187,21 @@ def test_nonbest_specialist_and_next_best(fib: Path) -> None:
     assert "best winner" in md and "former best winner" in md
     for row in sc["rows"]:
         assert (fib / "winners" / row["commit"] / "candidate.py").is_file()
+
+
+def test_failure_line_is_only_about_the_last_attempt(fib: Path) -> None:
+    """A failure is shown in the next prompt, and gone after a measured rejection or a
+    duplicate (it used to stay until the next accept)."""
+    summary, proposer = run(fib, [
+        reply(ITERATIVE, "iterate bottom-up"),  # accepted
+        "no code at all, sorry",  # failed: extraction
+        reply(slow_fib(0), "same loop, spelled differently"),  # measured, not better
+        "no code at all, sorry",  # failed again
+        reply(ITERATIVE, "iterate again"),  # duplicate of the winner
+        reply(ITERATIVE, "and again"),
+    ])
+    assert [o.status for o in summary.outcomes] == [
+        "accepted_best", "failed", "rejected", "failed", "duplicate", "duplicate"]
+    failed_line = "Your last attempt failed"
+    assert [failed_line in p for p in proposer.prompts] == [
+        False, False, True, False, True, False]

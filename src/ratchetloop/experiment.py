@@ -96,6 +96,11 @@ class Experiment(Strict):
         return [c for c in self.cases if c.enabled]
 
     @property
+    def primary_case(self) -> str | None:
+        """The enabled case that alone decides "better overall", if the contract marks one."""
+        return next((c.name for c in self.enabled_cases if c.primary), None)
+
+    @property
     def lower_is_better(self) -> bool:
         return self.direction == "lower_is_better"
 

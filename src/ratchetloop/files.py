@@ -1,4 +1,10 @@
-"""Atomic state writes and strict reads: a crash never leaves half a file behind."""
+"""Atomic state writes and strict reads: a crash never leaves half a file behind.
+
+Every write is atomic (a temp file renamed over the target), so a killed process leaves the
+old file or the new one. `durable=True` (the default) also fsyncs the file and its folder,
+so the write survives a power cut too; that costs ~4-8 ms a write, so records that are
+views of the state (SCORES.md, MEMORY.md) or history (runs/<n>/) skip it: a power cut may
+lose the newest of those, never corrupt them, and the state they derive from is durable."""
 
 from __future__ import annotations
 
@@ -44,20 +50,21 @@ def _no_interrupt() -> Iterator[None]:
             signal.raise_signal(held[0])  # now, with the caller's own handler in place
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same folder, fsync, then rename over `path`."""
+def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None:
+    """Write to a temp file in the same folder (fsync it when durable), rename over `path`."""
     with _no_interrupt():
-        _atomic_write(Path(path), data)
+        _atomic_write(Path(path), data, durable)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def _atomic_write(path: Path, data: bytes, durable: bool) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -65,7 +72,8 @@ def _atomic_write(path: Path, data: bytes) -> None:
         except FileNotFoundError:
             pass
         raise
-    _fsync_dir(path.parent)
+    if durable:
+        _fsync_dir(path.parent)
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -81,16 +89,16 @@ def _fsync_dir(folder: Path) -> None:
         os.close(dfd)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+def atomic_write_text(path: Path, text: str, *, durable: bool = True) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"), durable=durable)
 
 
-def atomic_write_json(path: Path, data: Any) -> None:
+def atomic_write_json(path: Path, data: Any, *, durable: bool = True) -> None:
     if isinstance(data, BaseModel):
         text = data.model_dump_json(indent=2)
     else:
         text = json.dumps(data, indent=2, sort_keys=False, default=str)
-    atomic_write_text(path, text + "\n")
+    atomic_write_text(path, text + "\n", durable=durable)
 
 
 def read_model(path: Path, model: type[M]) -> M:
@@ -108,3 +116,13 @@ def read_model(path: Path, model: type[M]) -> M:
             f"{path} is not a valid {model.__name__}: {where}: {err['msg']}"
             " (fix or remove the file; ratchet never overwrites a broken state file)"
         ) from None
+
+
+def read_text_or_empty(path: Path, limit: int | None = None) -> str:
+    """A file's text (at most `limit` bytes, undecodable bytes replaced), or "" when it
+    cannot be read: for optional files and logs a missing one must not stop."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(-1 if limit is None else limit).decode("utf-8", errors="replace")
+    except OSError:
+        return ""

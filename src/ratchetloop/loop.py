@@ -13,24 +13,27 @@ from __future__ import annotations
 
 import functools
 import json
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from . import evaluate, gitops, measure, sandbox, stability
 from . import memory as memory_mod
 from . import scores as scores_mod
+from .budget import Budget, BudgetExceeded, attach_budget
 from .errors import RatchetError
 from .experiment import Experiment
-from .extract import Extracted, ExtractionError, extract, fingerprint
-from .files import atomic_write_text
+from .extract import Extracted, ExtractionError, fingerprint
+from .files import atomic_write_text, read_text_or_empty
 from .lock import experiment_lock
 from .memory import Memory, Worked
 from .proposers.base import Feedback, Proposal, ProposalFailed, Proposer, Usage
 from .runs import RunRecord, last_iteration
 from .scores import Row, Scores
+from .workspace import ExperimentFolder, Workspace
 
 
 @dataclass
@@ -44,10 +47,14 @@ class Options:
     drift_every: int = 10  # re-measure best against seed every N iterations (0 = never)
 
 
+Status = Literal["accepted_best", "accepted_nonbest", "rejected", "failed", "duplicate",
+                 "interrupted"]
+
+
 @dataclass
 class Outcome:
     iteration: int
-    status: str  # accepted_best, accepted_nonbest, rejected, failed, duplicate
+    status: Status
     note: str = ""
     failure_kind: str | None = None
     message: str = ""
@@ -78,7 +85,7 @@ class Summary:
 class Rejected(Exception):
     """A candidate stopped at some step; carries what memory needs to learn from it."""
 
-    def __init__(self, status: str, kind: str, message: str, detail: str = "",
+    def __init__(self, status: Status, kind: str, message: str, detail: str = "",
                  score: float | None = None, ratio: float | None = None) -> None:
         super().__init__(message)
         self.status, self.kind, self.message, self.detail = status, kind, message, detail
@@ -113,36 +120,39 @@ class Session:
 
     exp: Experiment
     repo: Path
+    workspace: Workspace
     proposer: Proposer
     options: Options
     reporter: Reporter
     scores: Scores
     memory: Memory
+    budget: Budget  # held by the proposer too, which checks it before every request
+    unrecorded: list[str] = field(default_factory=list)  # winners since the last record
     last_failure: dict[str, str] | None = None
     since_accept: int = 0
-    last_usage: Usage | None = None  # estimate of the next request, for budgets
+    # Usage of this iteration's proposal request, failed or not (attempt.json); between
+    # iterations, the budget's guess for a proposer that does not estimate its requests.
+    last_usage: Usage | None = None
     started: float = field(default_factory=time.monotonic)
     now: Callable[[], str] = field(default=lambda: time.strftime("%Y-%m-%d %H:%M:%S"))
-    # Generic mode (ratchetloop.generic.adapter): reads edits, runs the user's command on
-    # clean copies of the judged tree and commits on its own branch. None = the
-    # experiment-folder behaviour.
-    adapter: Any = None
 
 
 # --------------------------------------------------------------------------- the run
 
 
 def run_loop(exp: Experiment, proposer: Proposer, options: Options,
-             reporter: Reporter | None = None, adapter: Any = None) -> Summary:
+             reporter: Reporter | None = None, workspace: Workspace | None = None) -> Summary:
+    """Run up to options.iterations attempts; `workspace` defaults to the experiment folder
+    (generic mode passes its own, see ratchetloop.generic.session_parts)."""
     exp.check_toolchain()
     repo = gitops.repo_root(exp.root)
     gitops.check_branch(repo)
     with experiment_lock(exp.root):
-        s = load_session(exp, repo, proposer, options, reporter or QuietReporter())
-        s.adapter = adapter
+        s = load_session(exp, repo, workspace or ExperimentFolder(exp, repo), proposer,
+                         options, reporter or QuietReporter())
         summary = Summary(experiment=exp.name, proposer=proposer.name)
+        wait_for_probe = warn_if_host_busy(s)
         try:
-            warn_if_host_busy(s)
             ensure_seeded(s)
             for _ in range(options.iterations):
                 reason = stop_reason(s)
@@ -161,6 +171,9 @@ def run_loop(exp: Experiment, proposer: Proposer, options: Options,
                 summary.stop_reason = str(exc)
             else:
                 raise
+        finally:
+            record_winners(s)
+            wait_for_probe()
         summary.best, summary.seed, summary.usage = s.scores.best, s.scores.seed, s.scores.usage
         return summary
 
@@ -172,7 +185,6 @@ def iterate(s: Session, n: int) -> Outcome:
     s.scores.last_iteration = n
     outcome = Outcome(iteration=n, status="failed")
     proposal: Proposal | None = None
-    result: evaluate.EvalResult | None = None
     try:
         try:
             prompt = build_prompt(s, n, run)
@@ -186,15 +198,18 @@ def iterate(s: Session, n: int) -> Outcome:
             decision = decide(s, result, run)
             outcome = accept_or_reject(s, n, candidate, proposal, decision, outcome)
         except Rejected as r:
+            if s.last_usage is not None:  # a failed request may have been billed
+                outcome.usage = s.last_usage
             outcome.status, outcome.failure_kind, outcome.message = r.status, r.kind, r.message
             outcome.score, outcome.ratio = r.score, r.ratio
             learn_from_rejection(s, n, outcome, r)
-    except KeyboardInterrupt:  # finish the record, then let the run end with its summary
-        outcome.status, outcome.message = "interrupted", "interrupted by Ctrl-C"
+    except (KeyboardInterrupt, BudgetExceeded) as stop:  # finish the record, then end the run
+        outcome.status = "interrupted"
+        outcome.message = str(stop) if isinstance(stop, BudgetExceeded) else "interrupted by Ctrl-C"
         record_attempt(s, n, outcome, proposal, run, clock)
         raise
     record_attempt(s, n, outcome, proposal, run, clock)
-    tell_proposer(s, proposal, outcome, result)
+    tell_proposer(s, proposal, outcome)
     s.reporter.outcome(outcome, s.scores)
     return outcome
 
@@ -202,14 +217,15 @@ def iterate(s: Session, n: int) -> Outcome:
 # --------------------------------------------------------------------------- steps
 
 
-def load_session(exp: Experiment, repo: Path, proposer: Proposer, options: Options,
-                 reporter: Reporter) -> Session:
+def load_session(exp: Experiment, repo: Path, workspace: Workspace, proposer: Proposer,
+                 options: Options, reporter: Reporter) -> Session:
     """Step 1: contract and state, reconciled with git so no accepted winner is lost."""
     scores = scores_mod.load(exp.root, exp.name, exp.unit, exp.direction)
     memory = memory_mod.load(exp.root)
     memory.add_hypotheses(exp.hypotheses)
-    s = Session(exp=exp, repo=repo, proposer=proposer, options=options, reporter=reporter,
-                scores=scores, memory=memory)
+    budget = attach_budget(proposer, options.max_cost, options.max_tokens, scores.usage)
+    s = Session(exp=exp, repo=repo, workspace=workspace, proposer=proposer, options=options,
+                reporter=reporter, scores=scores, memory=memory, budget=budget)
     reconcile_with_git(s)
     return s
 
@@ -234,6 +250,7 @@ def reconcile_with_git(s: Session) -> None:
         s.scores.counts.accepted += 1
         s.memory.seen[fingerprint(source, s.exp.target.language)] = f"accepted {sha}"
         s.scores.last_iteration = max(s.scores.last_iteration, row.iteration)
+        s.unrecorded.append(sha)
         restored += 1
     if restored:
         s.reporter.message(f"restored {restored} accepted winner(s) from git history")
@@ -246,7 +263,7 @@ def ensure_seeded(s: Session) -> None:
         return
     s.reporter.phase(0, "measuring seed baseline")
     naive = s.exp.naive_path.read_text(encoding="utf-8")
-    result = run_eval_for(s)(s.exp, naive, {}, seed=0)
+    result = s.workspace.baseline(naive, {}, seed=0)
     if not result.ok or not result.samples:
         f = result.failure
         raise RatchetError(
@@ -256,21 +273,24 @@ def ensure_seeded(s: Session) -> None:
     cases = {c: v["candidate"] for c, v in result.samples.items()}
     s.scores.seed = Row(
         timestamp=s.now(), model="seed", kind="seed", commit="seed",
-        score=median(measure.suite_totals(cases)),
-        case_scores={c: median(v) for c, v in cases.items()},
+        score=statistics.median(measure.suite_totals(cases)),
+        case_scores={c: statistics.median(v) for c, v in cases.items()},
         note="naive seed",
     )
     s.memory.seen[fingerprint(naive, s.exp.target.language)] = "seed"
     save_state(s)
 
 
-def warn_if_host_busy(s: Session) -> None:
+def warn_if_host_busy(s: Session) -> Callable[[], None]:
     """Timing on a busy host needs more rounds and decides less, and a sandbox layer that
-    is off here leaves a gap: say both up front, every run."""
-    for warning in stability.check_host().warnings:
+    is off here leaves a gap: say both up front, every run. CPU hogs are sampled in the
+    background (stability.watch_for_hogs); the sandbox probes stay here, as they set up
+    the cgroups the first evaluation reuses. Returns a wait for the background sample."""
+    for warning in stability.check_host(sample_seconds=0).warnings:
         s.reporter.message(f"[yellow]host: {warning}[/]")
     for name, why in sandbox.missing_layers():
         s.reporter.message(f"[yellow]sandbox: {name} is off: {why}[/]")
+    return stability.watch_for_hogs(lambda text: s.reporter.message(f"[yellow]host: {text}[/]"))
 
 
 def stop_reason(s: Session) -> str:
@@ -284,16 +304,9 @@ def stop_reason(s: Session) -> str:
         reached = best.score <= o.target if s.exp.lower_is_better else best.score >= o.target
         if reached:
             return f"target {o.target} {s.exp.unit} reached"
-    last = s.last_usage
-    if o.max_tokens is not None:
-        estimate = last.total_tokens if last else 0
-        if sc.usage.total_tokens + estimate > o.max_tokens:
-            return f"token budget {o.max_tokens} would be exceeded by the next request"
-    if o.max_cost is not None:
-        estimate = (last.cost_usd or 0.0) if last else 0.0
-        if sc.usage.cost_usd + estimate > o.max_cost:
-            return f"cost budget ${o.max_cost:.4f} would be exceeded by the next request"
-    return ""
+    # The hard check is the proposer's, before each request it sends (budget.py); here the
+    # run stops cleanly once a request was refused, or when one like the latest won't fit.
+    return s.budget.stop_reason(s.last_usage)
 
 
 def build_prompt(s: Session, n: int, run: RunRecord) -> str:
@@ -302,7 +315,7 @@ def build_prompt(s: Session, n: int, run: RunRecord) -> str:
     best = s.scores.best
     context: dict[str, Any] = {
         "experiment": s.exp,
-        "experiment_md": _read(s.exp.path("EXPERIMENT.md")),
+        "experiment_md": read_text_or_empty(s.exp.path("EXPERIMENT.md")),
         "target_function": s.exp.target.function,
         "language": s.exp.target.language,
         "naive_source": s.exp.naive_path.read_text(encoding="utf-8"),
@@ -326,15 +339,22 @@ def build_prompt(s: Session, n: int, run: RunRecord) -> str:
 
 
 def ask_proposer(s: Session, n: int, prompt: str, run: RunRecord) -> Proposal:
-    """Step 3: text plus token usage; a failed request is a recorded attempt."""
+    """Step 3: text plus token usage; a failed request is a recorded attempt, its usage
+    counted. A request the budget refused was not sent: BudgetExceeded stops the run."""
     s.reporter.phase(n, f"asking {s.proposer.name}")
+    s.last_usage = Usage()
     try:
         with run.timed("propose"):
             proposal = s.proposer.propose(prompt)
+    except BudgetExceeded as exc:
+        run.json("budget.json", {"refused": str(exc), "estimate": asdict(exc.estimate)})
+        raise
     except ProposalFailed as exc:
+        s.last_usage = exc.usage
         s.scores.usage.add(exc.usage)
         run.json("request.json", exc.request or {})
         run.text("response.txt", exc.raw_response or "")
+        run.json("usage.json", {**asdict(exc.usage), "seconds": run.seconds["propose"]})
         raise Rejected("failed", exc.kind, str(exc)) from None
     s.last_usage = proposal.usage
     s.scores.usage.add(proposal.usage)
@@ -349,8 +369,7 @@ def ask_proposer(s: Session, n: int, prompt: str, run: RunRecord) -> Proposal:
 def extract_candidate(s: Session, proposal: Proposal, run: RunRecord) -> Extracted:
     """Step 4: exactly one function named as the target, and its one-line note."""
     try:
-        candidate = (s.adapter.extract(proposal.text) if s.adapter else
-                     extract(proposal.text, s.exp.target.function, s.exp.target.language))
+        candidate = s.workspace.extract(proposal.text)
     except ExtractionError as exc:
         raise Rejected("failed", exc.kind, exc.message) from None
     run.text(f"candidate{Path(s.exp.target.file).suffix}", candidate.source)
@@ -382,11 +401,8 @@ def evaluate_candidate(s: Session, n: int, candidate: Extracted,
     s.reporter.phase(n, "evaluating (build, validate, time)")
     references = reference_sources(s)
     with run.timed("evaluate"):
-        if s.adapter:  # runs the command; gives the model two tries to fix a crash
-            result = s.adapter.evaluate(s, n, candidate, references, run)
-        else:
-            result = evaluate.run_eval(s.exp, candidate.source, references, seed=n,
-                                       keep_workdir=run.path)
+        result = s.workspace.evaluate(n, candidate, references, run, (
+            functools.partial(follow_up, s) if s.proposer.answers_follow_ups else None))
     run.json("result.json", result)
     for name, log in result.logs.items():
         run.text(f"{name}.log", log)
@@ -397,37 +413,33 @@ def evaluate_candidate(s: Session, n: int, candidate: Extracted,
 
 
 def decide(s: Session, result: evaluate.EvalResult, run: RunRecord) -> Decision:
-    """Step 8: best winner, case specialist (accepted nonbest), or rejected."""
-    acc, lower = s.exp.acceptance, s.exp.lower_is_better
-    samples = result.samples
-    cand = {c: v["candidate"] for c, v in samples.items()}
-    best_ref = ref_name(s, s.scores.best_commit)
-    # eval.py stopped sampling, so this is the final look; per-case verdicts share alpha.
-    compare = s.adapter.compare if s.adapter else functools.partial(measure.compare, final=True)
-    overall = compare(measure.suite_totals(cand),
-                      measure.suite_totals({c: v[best_ref] for c, v in samples.items()}),
-                      acc, lower)
-    per_case_compare = compare if s.adapter else functools.partial(
-        measure.compare, final=True, family=len(samples))
-    per_case = {
-        c: per_case_compare(v["candidate"], v[ref_name(s, s.scores.holder(c))], acc, lower)
-        for c, v in samples.items()
-    }
-    is_best = s.adapter.accepts(overall) if s.adapter else overall.verdict == "better"
-    won = [] if s.adapter else [c for c, cmp in per_case.items() if cmp.verdict == "better"]
-    decision = Decision(is_best=is_best, cases_won=won, overall=overall, per_case=per_case,
-                        score=median(measure.suite_totals(cand)),
-                        case_scores={c: median(v) for c, v in cand.items()})
+    """Step 8: best winner, case specialist (accepted nonbest), or rejected.
+
+    measure.decide is the one statistical rule (the benchmarks run it too): overall on the
+    primary case or the per-round suite totals against the best, each case against its
+    current holder; the workspace adds its own rules on top."""
+    acc = s.exp.acceptance
+    cand = {c: v["candidate"] for c, v in result.samples.items()}
+    stats = measure.decide(
+        result.samples, "best", acc, s.exp.lower_is_better, primary=s.exp.primary_case,
+        case_references={c: ref_name(s, s.scores.holder(c)) for c in result.samples})
+    judged = s.workspace.judge(stats)
+    overall, per_case = stats.overall, stats.cases
+    decision = Decision(is_best=judged.is_best, cases_won=judged.cases_won, overall=overall,
+                        per_case=per_case, score=statistics.median(measure.suite_totals(cand)),
+                        case_scores={c: statistics.median(v) for c, v in cand.items()})
     run.json("decision.json", {
-        "is_best": is_best, "cases_won": won, "overall": overall.to_dict(),
+        "is_best": decision.is_best, "cases_won": decision.cases_won,
+        "overall": overall.to_dict(),
         "per_case": {c: cmp.to_dict() for c, cmp in per_case.items()},
         "host_warnings": stability.check_host(sample_seconds=0).warnings,
         "pinned_cpu": result.info.get("pinned_cpu"),
-        "rule": "accept when a signed-rank test on the paired per-round log-ratios is"
-                f" significant at {acc.confidence:.0%} (alpha spent across sequential looks)"
-                f" and the estimated gain is at least {acc.min_effect:.1%}",
+        "rule": "accept when a test on the paired per-round log-ratios is significant at"
+                f" {acc.confidence:.0%} (alpha spent across sequential looks: a t-test at the"
+                " 3-round look, which also needs a 1.5x gain, then signed-rank tests) and the"
+                f" estimated gain is at least {acc.min_effect:.1%}",
     })
-    if not is_best and not won:
+    if not decision.is_best and not decision.cases_won:
         raise Rejected("rejected", "not_better",
                        f"not proven better: x{overall.speedup:.3f} ({overall.verdict})",
                        score=decision.score, ratio=overall.ratio)
@@ -464,11 +476,8 @@ def accept_or_reject(s: Session, n: int, candidate: Extracted, proposal: Proposa
     s.since_accept = 0
     s.last_failure = None
     sc.counts.accepted += 1
-    save_state(s)
-    if s.adapter is None:  # generic mode keeps its state out of the user's branch
-        gitops.commit_paths(s.repo, state_paths(s) + [exp.path("winners", sha)],
-                            f"Record {exp.name} winner {sha} in scores, memory and winners/")
-    outcome.status = f"accepted_{kind}"
+    s.unrecorded.append(sha)  # state is saved by record_attempt, committed at the end
+    outcome.status = "accepted_best" if decision.is_best else "accepted_nonbest"
     outcome.score, outcome.ratio, outcome.commit = decision.score, ratio, sha
     outcome.ci, outcome.cases_won = row.ci, row.cases_won
     return outcome
@@ -492,7 +501,6 @@ def new_specialists(s: Session, d: Decision) -> dict[str, str]:
 def commit_winner(s: Session, candidate: Extracted, row: Row,
                   specialists: dict[str, str]) -> str:
     exp = s.exp
-    atomic_write_text(exp.candidate_path, candidate.source)
     label = "winner" if row.kind == "best" else "nonbest winner"
     trailer = row.model_dump(mode="json", exclude={"commit"})
     trailer["specialists_after"] = specialists
@@ -502,18 +510,20 @@ def commit_winner(s: Session, candidate: Extracted, row: Row,
         f"Ratchet-Experiment: {exp.name}\n"
         f"Ratchet-Row: {json.dumps(trailer, separators=(',', ':'))}\n"
     )
-    if s.adapter:
-        return str(s.adapter.commit(candidate, message))
-    return gitops.commit_paths(s.repo, [exp.candidate_path], message)
+    return s.workspace.commit(candidate, message)
 
 
 def archive_winner(s: Session, sha: str, source: str, note: str) -> None:
     folder = s.exp.path("winners", sha)
-    atomic_write_text(folder / Path(s.exp.target.file).name, source)
-    atomic_write_text(folder / "note.txt", note + "\n")
+    # a copy of what git holds (show_file restores it), so no fsync: see files.py
+    atomic_write_text(folder / Path(s.exp.target.file).name, source, durable=False)
+    atomic_write_text(folder / "note.txt", note + "\n", durable=False)
 
 
 def learn_from_rejection(s: Session, n: int, outcome: Outcome, r: Rejected) -> None:
+    """Counts and memory; the prompt's "your last attempt failed" line is about the last
+    attempt only, so any other outcome clears it."""
+    s.last_failure = None
     if r.status == "duplicate":
         s.scores.counts.duplicates += 1
     elif r.status == "rejected":
@@ -531,7 +541,7 @@ def learn_from_rejection(s: Session, n: int, outcome: Outcome, r: Rejected) -> N
 def record_attempt(s: Session, n: int, outcome: Outcome, proposal: Proposal | None,
                    run: RunRecord, clock: float) -> None:
     """Step 9: runs/<n>/attempt.json, then SCORES and MEMORY (each write atomic)."""
-    source = _read(run.path / f"candidate{Path(s.exp.target.file).suffix}")
+    source = read_text_or_empty(run.path / f"candidate{Path(s.exp.target.file).suffix}")
     if source and outcome.status not in ("duplicate", "interrupted"):
         label = outcome.failure_kind if outcome.status == "failed" else outcome.status
         s.memory.seen.setdefault(fingerprint(source, s.exp.target.language), label or "")
@@ -545,8 +555,34 @@ def record_attempt(s: Session, n: int, outcome: Outcome, proposal: Proposal | No
     save_state(s)
 
 
-def tell_proposer(s: Session, proposal: Proposal | None, outcome: Outcome,
-                  result: evaluate.EvalResult | None) -> None:
+def follow_up(s: Session, prompt: str) -> Proposal:
+    """A request the workspace makes mid-evaluation (a fix); its usage counts like any."""
+    try:
+        proposal = s.proposer.propose(prompt)
+    except ProposalFailed as exc:
+        s.scores.usage.add(exc.usage)
+        raise
+    s.scores.usage.add(proposal.usage)
+    return proposal
+
+
+def record_winners(s: Session) -> None:
+    """Once per run: SCORES, MEMORY and winners/ into git, where the workspace keeps them.
+    Each winner's own commit already carries its row, so a run that dies first loses
+    nothing: the next run restores the rows from those commits and records them."""
+    if not s.unrecorded:
+        return
+    names = ", ".join(f"winner {sha}" for sha in s.unrecorded)
+    paths = state_paths(s) + [s.exp.path("winners", sha) for sha in s.unrecorded]
+    try:
+        s.workspace.record(paths, f"Record {s.exp.name} {names} in scores, memory and winners/")
+    except RatchetError as exc:  # the files are saved; the next run's record takes them
+        s.reporter.message(f"[yellow]state not committed: {exc}[/]")
+        return
+    s.unrecorded.clear()
+
+
+def tell_proposer(s: Session, proposal: Proposal | None, outcome: Outcome) -> None:
     if proposal is None:
         return
     s.proposer.observe(proposal, Feedback(status=outcome.status, score=outcome.score,
@@ -561,9 +597,12 @@ def maybe_check_drift(s: Session, n: int) -> None:
         return
     s.reporter.phase(n, "re-measuring best against seed")
     naive = s.exp.naive_path.read_text(encoding="utf-8")
-    result = run_eval_for(s)(s.exp, incumbent_source(s, s.scores.best_commit),
-                             {"seed": naive}, validate=False, seed=n)
-    if not result.ok:
+    result = s.workspace.baseline(incumbent_source(s, s.scores.best_commit), {"seed": naive},
+                                  validate=False, seed=n)
+    if not result.ok:  # the best passed before; say so rather than record a wrong ratio
+        f = result.failure
+        s.reporter.message(f"[yellow]drift check failed: {f.kind}: {f.message}[/]" if f else
+                           "[yellow]drift check failed[/]")
         return
     cand = {c: v["candidate"] for c, v in result.samples.items()}
     ref = {c: v["seed"] for c, v in result.samples.items()}
@@ -576,10 +615,6 @@ def maybe_check_drift(s: Session, n: int) -> None:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def run_eval_for(s: Session) -> Callable[..., evaluate.EvalResult]:
-    return s.adapter.run_eval if s.adapter else evaluate.run_eval
 
 
 def ref_name(s: Session, commit: str | None) -> str:
@@ -615,17 +650,3 @@ def save_state(s: Session) -> None:
     scores_mod.save(s.exp.root, s.scores)
     memory_mod.save(s.exp.root, s.memory)
 
-
-def median(values: list[float]) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except OSError:
-        return ""

@@ -32,10 +32,10 @@ class RunRecord:
             self.seconds[phase] = self.seconds.get(phase, 0.0) + time.monotonic() - start
 
     def text(self, name: str, content: str) -> None:
-        atomic_write_text(self.path / name, content)
+        atomic_write_text(self.path / name, content, durable=False)  # history, see files.py
 
     def json(self, name: str, data: Any) -> None:
-        atomic_write_json(self.path / name, data)
+        atomic_write_json(self.path / name, data, durable=False)
 
 
 def last_iteration(folder: Path) -> int:
@@ -49,7 +49,7 @@ def last_iteration(folder: Path) -> int:
 
 def attempts(folder: Path) -> list[dict[str, Any]]:
     """All attempt summaries, oldest first (unreadable ones skipped)."""
-    out = []
+    out: list[dict[str, Any]] = []
     runs = folder / "runs"
     if not runs.is_dir():
         return out

@@ -13,15 +13,16 @@ from typing import Any
 
 
 def session_parts(exp: Any, reporter: Any) -> tuple[Any, Any]:
-    """For `ratchet run`: (reporter, adapter); the adapter is None for ordinary experiments."""
+    """For `ratchet run`: (reporter, workspace); the workspace is None (the loop's default,
+    the experiment folder) for ordinary experiments."""
     if exp.generic is None:
         return reporter, None
-    from .adapter import GenericAdapter
     from .results import ResultsReporter
+    from .workspace import GenericWorkspace
 
-    adapter = GenericAdapter(exp)
-    adapter.prepare()
-    return ResultsReporter(reporter, exp.root), adapter
+    workspace = GenericWorkspace(exp)
+    workspace.prepare()
+    return ResultsReporter(reporter, exp.root), workspace
 
 
 __all__ = ["session_parts"]

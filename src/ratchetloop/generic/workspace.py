@@ -1,7 +1,7 @@
-"""Generic mode's side of the core loop: the Session.adapter the loop calls at its seams.
+"""Generic mode's Workspace: what the core loop calls where generic mode differs.
 
 Nothing here is a second loop. The core's iterate() still builds the prompt, asks the
-proposer, dedups, checks security, decides, records memory and scores; this adapter only
+proposer, dedups, checks security, decides, records memory and scores; this workspace only
 (1) turns a reply into a bundle of editable files, (2) runs the user's command -- candidate
 and incumbent interleaved, round after round, each run in the sandbox on a fresh copy of
 exactly the tree being judged (worktree.py) -- and returns the same samples[case][impl] an
@@ -52,8 +52,10 @@ from ..evaluate import EvalResult, Failure
 from ..experiment import Acceptance, Experiment
 from ..extract import Extracted, ExtractionError
 from ..lock import experiment_lock
+from ..measure import Comparison, Decision
 from ..proposers.base import ProposalFailed
-from ..proposers.replay import ReplayProposer
+from ..runs import RunRecord
+from ..workspace import FollowUp, Judgement
 from .contract import (
     GenericSpec,
     MetricSpec,
@@ -94,37 +96,45 @@ def measured_from(proc: sandbox.SandboxResult, metric: MetricSpec, *, label: str
     """A sandboxed run's metric: the result channel first, the output only as the contract
     allows (see contract.py); strict about what is on the channel."""
     log = (proc.stdout + ("\n" + proc.stderr if proc.stderr else ""))[-8000:]
-    seen = {"wall_seconds": proc.wall_seconds, "cpu_seconds": getattr(proc, "cpu_seconds", None)}
+
+    def seen(value: float | None, kind: str = "", message: str = "",
+             channel: str = "") -> Measured:
+        return Measured(value, log, kind, message, wall_seconds=proc.wall_seconds,
+                        cpu_seconds=proc.cpu_seconds, channel=channel)
+
     if proc.timed_out:
-        return Measured(None, log, "timeout", f"{label} exceeded {timeout:.0f}s", **seen)
+        return seen(None, "timeout", f"{label} exceeded {timeout:.0f}s")
     if proc.error:
-        return Measured(None, log, "crash", f"sandbox failed: {proc.error}", **seen)
+        return seen(None, "crash", f"sandbox failed: {proc.error}")
     if proc.returncode != 0:
-        return Measured(None, log, "crash", f"{label} exited {proc.returncode}", **seen)
+        return seen(None, "crash", f"{label} exited {proc.returncode}")
     if metric.channel != "output":
-        value, why = read_channel(getattr(proc, "result", None))
+        value, why = read_channel(proc.result)
         if why:
-            return Measured(None, log, "integrity", why, **seen)
+            return seen(None, "integrity", why)
         if value is not None:
-            return Measured(value, log, channel="fd", **seen)
+            return seen(value, channel="fd")
         if metric.channel == "fd":
-            return Measured(None, log, "no_metric",
-                            f"nothing written to {FD} (the contract's metric.channel is fd)",
-                            **seen)
+            return seen(None, "no_metric",
+                        f"nothing written to {FD} (the contract's metric.channel is fd)")
     value = metric_from_output(proc.stdout, proc.stderr, metric)
     if value is None:
-        return Measured(None, log, "no_metric", f"no metric ({metric.kind}) in output", **seen)
-    return Measured(value, log, channel="output", **seen)
+        return seen(None, "no_metric", f"no metric ({metric.kind}) in output")
+    return seen(value, channel="output")
 
 
 def command_measure(spec: GenericSpec, timeout: float, target: str) -> Measure:
-    """The run command through the sandbox; `{target}` is the first editable file."""
+    """The run command through the sandbox; `{target}` is the first editable file. One warm
+    sandbox serves every run (sandbox.Warm: same layers as sandbox.run, ~10 ms instead of
+    ~60 ms a run); it falls back to a cold run where the warm path cannot work."""
     command = spec.run_command.replace("{target}", target)
+    box = sandbox.Warm()
 
     def run(cwd: Path) -> Measured:
-        proc = sandbox.run(["/bin/sh", "-c", command], cwd=cwd, timeout=timeout,
-                           result_channel=spec.metric.channel != "output", artefacts=(),
-                           readonly_inside=list(spec.readonly))
+        proc = box.run(["/bin/sh", "-c", command], cwd=cwd, timeout=timeout,
+                       result_channel=spec.metric.channel != "output", artefacts=(),
+                       readonly_inside=list(spec.readonly), env=spec.command_env().env,
+                       ro_paths=spec.command_env().ro_paths)
         return measured_from(proc, spec.metric, timeout=timeout)
 
     return run
@@ -140,7 +150,9 @@ def blocked_write(log: str, readonly: list[str]) -> str | None:
     return None
 
 
-class GenericAdapter:
+class GenericWorkspace:
+    """The Workspace (see ratchetloop.workspace) for any file in any git repository."""
+
     def __init__(self, exp: Experiment, measure_fn: Measure | None = None) -> None:
         self.exp, self.spec = exp, spec_of(exp)
         self.repo = gitops.repo_root(exp.root)
@@ -158,6 +170,7 @@ class GenericAdapter:
         """Branch + pristine export; seed bundle from the branch base; the setup check and
         the check command on the incumbent, once."""
         self._check_clean()
+        self.spec.command_env()  # refuses a secret in the passed-through variables up front
         with experiment_lock(self.exp.root, "prepare"):  # a running loop uses these copies
             created = self.trees.prepare(self.spec.editable, self.spec.readonly)
         seed = self.exp.naive_path
@@ -184,13 +197,16 @@ class GenericAdapter:
             raise RatchetError("uncommitted changes in files the loop reads:\n" + dirty +
                                "\ncommit or stash them: the loop starts from your last commit")
 
-    def _sandboxed(self, command: str, impl: str, files: dict[str, str]) -> tuple[bool, Any]:
+    def _sandboxed(self, command: str, impl: str,
+                   files: dict[str, str]) -> tuple[bool, _Log]:
         """A command (setup check, check) in the sandbox on a fresh copy of base + files."""
         cwd = self.trees.fresh(impl, files)
         try:
             proc = sandbox.run(["/bin/sh", "-c", command], cwd=cwd,
                                timeout=self.exp.timeout_seconds, artefacts=(),
-                               readonly_inside=list(self.spec.readonly))
+                               readonly_inside=list(self.spec.readonly),
+                               env=self.spec.command_env().env,
+                               ro_paths=self.spec.command_env().ro_paths)
         finally:
             self.trees.discard(cwd)
         return proc.ok, _Log(proc)
@@ -201,24 +217,22 @@ class GenericAdapter:
         base = base if base is not None else self.trees.tip_files(self.spec.editable)
         return apply_reply(text, base, self.spec.editable, self.exp.target.language)
 
-    def evaluate(self, s: Any, n: int, candidate: Extracted, references: dict[str, str],
-                 run: Any) -> EvalResult:
-        """Run; on a crash show the model the log tail and let it fix its idea (twice);
-        then the winner gate (plausibility, check command)."""
+    def evaluate(self, n: int, candidate: Extracted, references: dict[str, str],
+                 run: RunRecord, follow_up: FollowUp | None) -> EvalResult:
+        """Run; on a crash show the model the log tail and let it fix its idea (twice, when
+        the proposer answers follow-ups); then the winner gate (plausibility, check)."""
         self.flag = None
         result = self.run_eval(self.exp, candidate.source, references, seed=n)
         for attempt in range(1, self.spec.fix_attempts + 1):
             f = result.failure
-            if result.ok or f is None or f.kind not in FIXABLE or not self._can_fix(s):
+            if result.ok or f is None or f.kind not in FIXABLE or follow_up is None:
                 break
             prompt = fix_prompt(candidate, f, self.spec, self.exp.target.language)
             run.text(f"fix{attempt}.prompt.md", prompt)
             try:
-                proposal = s.proposer.propose(prompt)
-            except ProposalFailed as exc:
-                s.scores.usage.add(exc.usage)
+                proposal = follow_up(prompt)
+            except ProposalFailed:
                 break
-            s.scores.usage.add(proposal.usage)
             run.text(f"fix{attempt}.reply.md", proposal.text)
             try:
                 fixed = self.extract(proposal.text, from_bundle(candidate.source))
@@ -235,8 +249,13 @@ class GenericAdapter:
             result = self._gate(candidate, result, run)
         return result
 
-    def _can_fix(self, s: Any) -> bool:
-        return bool(s.proposer.is_language_model or isinstance(s.proposer, ReplayProposer))
+    def baseline(self, source: str, references: dict[str, str], *, seed: int,
+                 validate: bool = True) -> EvalResult:
+        return self.run_eval(self.exp, source, references, seed=seed, validate=validate)
+
+    def judge(self, decision: Decision) -> Judgement:
+        """One case, so no specialists: the paired verdict plus the size rule."""
+        return Judgement(is_best=self.accepts(decision.overall), cases_won=[])
 
     def run_eval(self, exp: Experiment, candidate_source: str, references: dict[str, str], *,
                  validate: bool = True, benchmark: bool = True, seed: int = 0,
@@ -257,8 +276,7 @@ class GenericAdapter:
         acc, rng, start = exp.acceptance, random.Random(seed), time.monotonic()
         with benchlock.bench_lock(exp.name):
             while True:
-                n = len(samples["candidate"])  # 3 first (enough for a constant metric),
-                batch = 3 if not n else max(1, measure.next_look(n + 1, acc) - n)  # then looks
+                batch = measure.rounds_to_next_look(len(samples["candidate"]), acc)
                 for _ in range(batch):
                     order = list(impls)
                     rng.shuffle(order)
@@ -331,15 +349,12 @@ class GenericAdapter:
 
     def _more(self, samples: dict[str, list[float]], outside: dict[str, dict[str, list[Any]]],
               references: dict[str, str], acc: Acceptance, lower: bool, elapsed: float) -> bool:
-        n = len(samples["candidate"])
-        if not references:
-            return n < min(acc.min_rounds, 3) or (n < acc.min_rounds and not _constant(
-                samples["candidate"]))
+        n, cand = len(samples["candidate"]), samples["candidate"]
+        if not references:  # a baseline: a constant metric needs no more than 3 runs
+            return n < acc.min_rounds and (n < 3 or max(cand) != min(cand))
         ref = samples["best"] if "best" in samples else samples[next(iter(references))]
-        if not (_constant(samples["candidate"]) and _constant(ref)):
-            c, r = positive(samples["candidate"], ref)
-            if measure.needs_more_rounds({CASE: c}, {CASE: r}, acc, lower, elapsed):
-                return True
+        if measure.needs_more_rounds({CASE: cand}, {CASE: ref}, acc, lower, elapsed):
+            return True
         return self._cpu_question_open(samples, outside, acc, lower, elapsed)
 
     def _cpu_question_open(self, samples: dict[str, list[float]],
@@ -352,25 +367,13 @@ class GenericAdapter:
                 or not is_time_metric(self.spec, self.exp.unit, lower)):
             return False
         cpu = _cpu_pairs(outside)
-        if cpu is None or self.compare(samples["candidate"], samples["best"], acc,
-                                       lower).verdict != "better":
+        if cpu is None or measure.compare(samples["candidate"], samples["best"], acc, lower,
+                                          final=True).verdict != "better":
             return False
         ratio = statistics.median(a / b for a, b in zip(*cpu, strict=True))
         return ratio >= 1 + acc.min_effect and cpu_comparison(*cpu, acc).verdict != "worse"
 
-    def compare(self, cand: list[float], ref: list[float], acc: Acceptance,
-                lower: bool) -> measure.Comparison:
-        """measure.compare, except: constant samples are decided on the effect size alone,
-        and non-positive metrics are shifted positive first (log-ratios need > 0)."""
-        if len(cand) >= 3 and _constant(cand) and _constant(ref):
-            return exact_comparison(cand[0], ref[0], len(cand), acc, lower)
-        c, r = positive(cand, ref)
-        out = measure.compare(c, r, acc, lower, final=True)
-        if (c, r) != (cand, ref):
-            out.reasons.append("metric shifted positive for the ratio test")
-        return out
-
-    def accepts(self, overall: measure.Comparison) -> bool:
+    def accepts(self, overall: Comparison) -> bool:
         """The paired verdict, then the size rule (see contract.SizeRule); a flagged
         implausible winner is noted in the reasons (decision.json)."""
         if self.flag:
@@ -395,11 +398,11 @@ class GenericAdapter:
 
     # ------------------------------------------------------------------ the winner gate
 
-    def _gate(self, candidate: Extracted, result: EvalResult, run: Any) -> EvalResult:
+    def _gate(self, candidate: Extracted, result: EvalResult, run: RunRecord) -> EvalResult:
         """Only for a would-be winner: the plausibility rule, then the check command."""
         samples, acc = result.samples[CASE], self.exp.acceptance
-        overall = self.compare(samples["candidate"], samples["best"], acc,
-                               self.exp.lower_is_better)
+        overall = measure.compare(samples["candidate"], samples["best"], acc,
+                                  self.exp.lower_is_better, final=True)
         if not self.accepts(copy.deepcopy(overall)):
             return result
         finding = self._plausibility(overall, result.info.get("outside", {}))
@@ -427,7 +430,7 @@ class GenericAdapter:
                     message=f"check `{self.spec.check_command}` failed ({ok_text(log)})")
         return result
 
-    def _plausibility(self, overall: measure.Comparison,
+    def _plausibility(self, overall: Comparison,
                       outside: dict[str, dict[str, list[Any]]]) -> dict[str, Any]:
         acc = self.exp.acceptance
         if overall.verdict != "better":
@@ -454,6 +457,9 @@ class GenericAdapter:
 
     def commit(self, candidate: Extracted, message: str) -> str:
         return self.trees.commit(files_of(candidate.source, self.spec.editable), message)
+
+    def record(self, paths: list[Path], message: str) -> None:
+        """Nothing: SCORES, MEMORY and winners/ stay out of the user's branches."""
 
 
 class _Log:
@@ -482,44 +488,13 @@ def _cpu_pairs(outside: dict[str, dict[str, list[Any]]]) -> tuple[list[float], l
     return [float(v) for v in c[:n]], [float(v) for v in r[:n]]
 
 
-def cpu_comparison(cand: list[float], ref: list[float], acc: Acceptance) -> measure.Comparison:
-    """measure.compare on CPU seconds as ONE look at the acceptance's confidence (the
-    sequential schedule belongs to the metric; this is a single after-the-fact test)."""
+def cpu_comparison(cand: list[float], ref: list[float], acc: Acceptance) -> Comparison:
+    """measure.compare on CPU seconds, once, after the fact (the sequential schedule belongs
+    to the metric): a schedule of looks at 3 and n rounds, judged at n."""
     n = min(len(cand), len(ref))
     once = Acceptance(min_effect=acc.min_effect, confidence=acc.confidence, min_rounds=n,
                       max_rounds=n, batch_rounds=n, max_seconds=acc.max_seconds)
     return measure.compare(cand[:n], ref[:n], once, lower_is_better=True, final=True)
-
-
-# ---------------------------------------------------------------------- statistics
-
-
-def _constant(values: list[float]) -> bool:
-    return len(values) >= 1 and max(values) == min(values)
-
-
-def positive(cand: list[float], ref: list[float]) -> tuple[list[float], list[float]]:
-    both = cand + ref
-    if not both or min(both) > 0:
-        return cand, ref
-    shift = 1.0 - min(both) + max(abs(v) for v in both)
-    return [v + shift for v in cand], [v + shift for v in ref]
-
-
-def exact_comparison(c: float, r: float, n: int, acc: Acceptance,
-                     lower: bool) -> measure.Comparison:
-    """A deterministic metric: no noise, so the effect size is the whole answer."""
-    gain = (r - c) if lower else (c - r)
-    rel = gain / abs(r) if r else (math.inf if gain > 0 else (-math.inf if gain < 0 else 0.0))
-    verdict: measure.Verdict = ("better" if rel >= acc.min_effect and gain > 0 else
-                                "worse" if gain < 0 else "same")
-    ratio = c / r if c > 0 and r > 0 else math.nan
-    return measure.Comparison(
-        verdict=verdict, ratio=ratio, ci_low=ratio, ci_high=ratio,
-        p_value=0.0 if verdict == "better" else 1.0, rounds=n, candidate_median=c,
-        reference_median=r, noise=0.0, lower_is_better=lower,
-        reasons=[f"zero variance: decided on the effect size ({rel:+.2%} vs min_effect"
-                 f" {acc.min_effect:.1%})"])
 
 
 def fix_prompt(candidate: Extracted, failure: Failure, spec: GenericSpec, language: str) -> str:

@@ -87,6 +87,8 @@ def install_filter(seccomp_path):
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("_ratchet_seccomp", seccomp_path)
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"cannot load the seccomp module from {seccomp_path}")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
@@ -109,7 +111,7 @@ def load(source_path, source, function):
 
 
 def serve(fn, cmd_fd, reply_fd):
-    cases = {}
+    cases: dict = {}
     results = []
     for command in commands(cmd_fd):
         op = command[0]

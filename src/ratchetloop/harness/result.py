@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
 import sys
 import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from ..evaluate import EvalRequest, EvalResult, Failure
 from ..seccomp import make_undumpable
@@ -58,6 +61,16 @@ def clip(text: str, limit: int = DETAIL_LIMIT) -> str:
 
 def tail(text: str, limit: int = DETAIL_LIMIT) -> str:
     return text if len(text) <= limit else "[...]\n" + text[-limit:]
+
+
+def kill_now(proc: subprocess.Popen[Any]) -> None:
+    """SIGKILL a benchmark process that may already be gone, and reap it."""
+    if proc.poll() is None:
+        try:
+            os.kill(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
 
 
 def load_request(path: str | Path) -> EvalRequest:

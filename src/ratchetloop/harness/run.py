@@ -19,6 +19,7 @@ from pathlib import Path
 
 from .. import stability
 from ..evaluate import EvalRequest, EvalResult
+from ..files import read_text_or_empty
 from . import cbuild
 from .cases import case_params, primary_case, read_contract
 from .cbuild import CTarget, Impl
@@ -166,19 +167,12 @@ def validate(driver: Path, worker: cbuild.Worker, workdir: Path, seed: int,
         raise HarnessFailure("timeout", f"validation took longer than {timeout:.0f}s "
                              "(infinite loop, or far too slow on tiny shapes?)",
                              phase="validate") from None
-    log = _read(Path(f"{worker.binary}.log"))
+    log = read_text_or_empty(Path(f"{worker.binary}.log"), limit=200_000)
     problem = classify_run(proc.stdout, proc.stderr, proc.returncode, "validation", log)
     if problem is not None:
         raise problem
     return proc.stdout + proc.stderr
 
-
-def _read(path: Path, limit: int = 200_000) -> str:
-    try:
-        with open(path, "rb") as fh:
-            return fh.read(limit).decode("utf-8", errors="replace")
-    except OSError:
-        return ""
 
 
 def evaluate(request: EvalRequest, spec: CExperiment, workdir: Path | None = None) -> EvalResult:
