@@ -360,3 +360,18 @@ def test_aa_false_accepts_stay_within_the_bound_through_the_early_look() -> None
     # The early look does fire on A/A -- rounds lopsided against the candidate end as an
     # early "worse" (a reject costs nothing here) -- but lopsided in its favour never accept.
     assert lopsided >= 5 and early == 0 and early_rejects >= 5
+
+
+def test_fast_signed_rank_p_value_is_scipys() -> None:
+    """_p_less reads continuous samples off the cached exact CDF; it must give scipy's
+    number exactly, and fall back to scipy for zeros and ties."""
+    from scipy import stats
+
+    from ratchetloop.measure import _p_less
+
+    rng = np.random.default_rng(5)
+    samples = [rng.standard_t(3, n) * 0.05 + rng.normal(0.01, 0.03) for n in range(3, 51)]
+    samples += [np.array([0.0, 0.1, -0.2, 0.1, 0.3]), np.array([0.2, -0.2, 0.2, 0.1])]
+    for x in samples:
+        want = stats.wilcoxon(x, alternative="less", zero_method="zsplit").pvalue
+        assert _p_less(x) == pytest.approx(float(want), rel=1e-12, abs=1e-15)

@@ -87,6 +87,7 @@ Verdict = Literal["better", "worse", "same", "unsure"]
 
 SPENDING_POWER = 2.0  # f(t) = alpha * t**rho; rho = 2 saves most alpha for the last look
 REJECT_ALPHA = 0.05  # total level for stopping early with "same"/"worse" (costs power only)
+SCIPY_EXACT_N = 50  # scipy.stats.wilcoxon's exact distribution reaches this far
 EXACT_MAX_N = 200  # exact signed-rank distribution up to here, normal approximation above
 EARLY_ROUNDS = 3  # the early look: gross differences stop here
 EARLY_SHARE = 0.25  # share of alpha (and of REJECT_ALPHA) spent at the early look
@@ -265,9 +266,19 @@ def hodges_lehmann(d: np.ndarray, alpha_two_sided: float) -> tuple[float, float,
 
 
 def _p_less(x: np.ndarray) -> float:
-    """One-sided signed-rank p-value for 'centre of x < 0'; ties at 0 split evenly."""
+    """One-sided signed-rank p-value for 'centre of x < 0'; ties at 0 split evenly.
+
+    Without zeros or tied |x| (continuous timings), and up to SCIPY_EXACT_N where scipy
+    uses the exact distribution too, it is read off the cached exact CDF: the same number
+    as scipy's in microseconds instead of ~1 ms (a 13-case decision makes ~40 of these)."""
     if not np.any(x):
         return 1.0
+    magnitudes = np.abs(x)
+    n = len(x)
+    if n <= SCIPY_EXACT_N and np.all(x != 0) and len(np.unique(magnitudes)) == n:
+        ranks = np.empty(n, dtype=int)
+        ranks[np.argsort(magnitudes)] = np.arange(1, n + 1)
+        return float(_signed_rank_cdf(n)[int(ranks[x > 0].sum())])
     return float(_stats().wilcoxon(x, alternative="less", zero_method="zsplit").pvalue)
 
 
