@@ -152,6 +152,7 @@ def run_loop(exp: Experiment, proposer: Proposer, options: Options,
                          options, reporter or QuietReporter())
         summary = Summary(experiment=exp.name, proposer=proposer.name)
         wait_for_probe = warn_if_host_busy(s)
+        measure.preload()  # scipy (~0.6 s) loads while the seed runs or the model thinks
         try:
             ensure_seeded(s)
             for _ in range(options.iterations):

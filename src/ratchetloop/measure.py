@@ -75,6 +75,7 @@ Why these statistics
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from typing import Any, Literal
@@ -159,6 +160,12 @@ class Decision:
             "cases": {k: v.to_dict() for k, v in self.cases.items()},
         }
 
+
+
+def preload() -> None:
+    """Import scipy.stats in a background thread now, so the first decision does not wait
+    for it (the import lock makes a decision that comes first simply wait for it)."""
+    threading.Thread(target=_stats, name="ratchet-preload-scipy", daemon=True).start()
 
 
 def _stats() -> Any:
