@@ -77,10 +77,11 @@ class CommitContext:
         return cls(gdir, tuple(locks), _identity_env(repo))
 
 
-def clear_stale_locks(repo: Path, wait: float = 10.0, dirs: CommitContext | None = None) -> None:
+def clear_stale_locks(repo: Path, wait: float = 10.0,
+                      context: CommitContext | None = None) -> None:
     """Before committing: remove the locks a killed loop left (see above), and wait up to
     `wait` seconds for any other lock to go away; then stop with a message naming it."""
-    dirs = dirs or CommitContext.of(repo)
+    dirs = context or CommitContext.of(repo)
     deadline = time.monotonic() + wait
     for lock in dirs.locks:
         if lock.exists():

@@ -486,6 +486,33 @@ def needs_more_rounds(
     return overall.verdict == "unsure"
 
 
+def next_batch(
+    samples: dict[str, dict[str, list[float]]],
+    references: list[str],
+    acceptance: Acceptance,
+    lower_is_better: bool,
+    elapsed_seconds: float,
+    rounds: int,
+    *,
+    candidate: str = "candidate",
+    primary: str | None = None,
+) -> tuple[int, str]:
+    """A harness's sampling step over samples[case][impl]: how many rounds to take next,
+    or (0, why it stops): "decided", "budget", or "baseline" (no references: min_rounds
+    of the candidate alone). Each batch ends on a scheduled look."""
+    if not references:
+        if rounds >= acceptance.min_rounds:
+            return 0, "baseline"
+        return acceptance.batch_rounds, ""
+    unsure = [ref for ref in references if needs_more_rounds(
+        {c: samples[c][candidate] for c in samples}, {c: samples[c][ref] for c in samples},
+        acceptance, lower_is_better, elapsed_seconds, primary=primary)]
+    if not unsure:
+        within = rounds < acceptance.max_rounds and elapsed_seconds < acceptance.max_seconds
+        return 0, "decided" if within else "budget"
+    return min(rounds_to_next_look(rounds, acceptance), acceptance.max_rounds - rounds) or 1, ""
+
+
 def decide(
     samples: dict[str, dict[str, list[float]]],
     reference: str,

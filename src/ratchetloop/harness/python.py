@@ -605,24 +605,13 @@ def measure_all(session: Session, request: EvalRequest, cases: dict[str, tuple],
     order_rng = random.Random(request.seed)
     acceptance = request.acceptance
     cand, refs = "candidate", [w.name for w in workers if w.name != "candidate"]
-    rounds, stop = 0, "max_rounds"
+    rounds = 0
     while True:
-        elapsed = time.monotonic() - start
-        if refs:
-            unsure = [r for r in refs if measure.needs_more_rounds(
-                {c: samples[c][cand] for c in samples}, {c: samples[c][r] for c in samples},
-                acceptance, request.lower_is_better, elapsed, primary=primary)]
-            if not unsure:
-                stop = ("decided" if rounds < acceptance.max_rounds
-                        and elapsed < acceptance.max_seconds else "budget")
-                break
-        elif rounds >= acceptance.min_rounds:
-            stop = "baseline"
+        n, stop = measure.next_batch(samples, refs, acceptance, request.lower_is_better,
+                                     time.monotonic() - start, rounds, candidate=cand,
+                                     primary=primary)
+        if not n:
             break
-        n = acceptance.batch_rounds
-        if refs:  # end each batch on a look: 3 rounds first, then the regular looks
-            n = min(measure.rounds_to_next_look(rounds, acceptance),
-                    acceptance.max_rounds - rounds) or 1
         for _ in range(n):
             for case, args in cases.items():
                 order = list(workers)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from ..experiment import Acceptance
-from ..measure import needs_more_rounds, rounds_to_next_look
+from ..measure import next_batch
 from .result import HarnessFailure, kill_now, tail
 
 
@@ -212,24 +212,11 @@ def measure(
     cand, refs = impl_names[0], list(impl_names[1:])
     rounds = 0
     batches: list[dict[str, object]] = []
-    stop = "max_rounds"
     while True:
-        elapsed = time.monotonic() - start
-        if refs:
-            unsure = [r for r in refs if needs_more_rounds(
-                {c: samples[c][cand] for c in samples},
-                {c: samples[c][r] for c in samples}, acceptance, lower_is_better, elapsed,
-                primary=primary)]
-            if not unsure:
-                stop = ("decided" if rounds < acceptance.max_rounds
-                        and elapsed < acceptance.max_seconds else "budget")
-                break
-        elif rounds >= acceptance.min_rounds:
-            stop = "baseline"
+        n, stop = next_batch(samples, refs, acceptance, lower_is_better,
+                             time.monotonic() - start, rounds, candidate=cand, primary=primary)
+        if not n:
             break
-        n = acceptance.batch_rounds
-        if refs:  # end each batch on a look: 3 rounds first, then the regular looks
-            n = min(rounds_to_next_look(rounds, acceptance), acceptance.max_rounds - rounds) or 1
         t0 = time.monotonic()
         for line in ask(f"rounds {n}"):
             case, impl, us = _sample(line, cases, impl_names)
