@@ -80,6 +80,25 @@ def make_exp_repo(root: Path, name: str = "fib", tweaks: dict[str, Any] | None =
     return folder
 
 
+def _clone_state() -> tuple[str, str]:
+    """This checkout's HEAD, branches and experiments/ status (run state included)."""
+    if not (REPO_ROOT / ".git").exists():
+        return "", ""
+    refs = git(REPO_ROOT, "for-each-ref", "--format=%(refname) %(objectname)", "refs/heads")
+    return refs, git(REPO_ROOT, "status", "--porcelain", "--ignored", "--", "experiments")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _the_clone_is_never_run_in() -> Iterator[None]:
+    """A test that resolves an experiment by name from the wrong place runs -- and commits --
+    in this checkout (it happened once: `--root` lost to the current directory). Fail the
+    session if any branch moved or run state appeared under experiments/."""
+    before = _clone_state()
+    yield
+    after = _clone_state()
+    assert after == before, f"the test suite changed this checkout:\n{before}\n->\n{after}"
+
+
 @pytest.fixture(autouse=True)
 def _private_bench_lock(tmp_path_factory: pytest.TempPathFactory,
                         monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -47,6 +48,16 @@ class Acceptance(Strict):
     max_rounds: int = Field(96, ge=3)  # 5% gains need ~90 rounds at 7% per-round noise
     batch_rounds: int = Field(8, ge=1)
     max_seconds: float = Field(60.0, gt=0)
+    # Generic mode: paired interleaved rounds, or one run per candidate against the noise
+    # known from the incumbent's runs (ratchetloop.trials); "auto" picks from cost and noise.
+    mode: Literal["auto", "paired", "known_noise"] = "auto"
+    confirm: int = Field(1, ge=0, le=5, description="known-noise mode: runs that confirm a"
+                         " would-be winner before it is committed (when max_seconds allows)")
+    max_runs: int = Field(3, ge=1, le=50, description="known-noise mode: most runs of a candidate")
+    recheck_every: int = Field(20, ge=1, description="known-noise mode: re-run the incumbent"
+                               " every this many candidates (drift check)")
+    auto_run_seconds: float = Field(10.0, gt=0, description="auto: a run at least this slow"
+                                    " (with noise below min_effect) is judged in known-noise mode")
 
     @model_validator(mode="after")
     def _rounds_ordered(self) -> Acceptance:
@@ -108,6 +119,12 @@ class Experiment(Strict):
         return self.root.joinpath(*parts)
 
     @property
+    def folder(self) -> str:
+        """The folder's name: what the user types (`ratchet run linear`), so commit messages
+        use it, also when experiment.json's `name` says something else (a copied folder)."""
+        return self.root.name
+
+    @property
     def candidate_path(self) -> Path:
         return self.path(self.target.file)
 
@@ -148,22 +165,55 @@ def import_file(path: Path, module_name: str) -> ModuleType:
     return module
 
 
-def find_experiment_dir(name_or_path: str, start: Path | None = None) -> Path:
-    """Resolve `linear`, `experiments/linear` or an absolute path to an experiment folder."""
+def find_experiment_dir(name_or_path: str, start: Path | None = None,
+                        root: Path | str | None = None) -> Path:
+    """Resolve `linear`, `experiments/linear` or an absolute path to an experiment folder.
+
+    A name is looked up as experiments/<name> and .ratchet/<name> in `root` (--root, default
+    $RATCHET_ROOT) when one is given -- an explicit choice wins, so `--root` cannot be
+    shadowed by a same-named experiment where the command happens to start -- then in the
+    current directory (`start`) and its parents up to the enclosing git repository's top. Never in ratchetloop's own folder: a loop started
+    outside a project must not run, and commit, inside the clone it was installed from.
+    """
     candidate = Path(name_or_path)
     if (candidate / "experiment.json").is_file():
         return candidate.resolve()
+    if candidate.is_absolute() or len(candidate.parts) != 1 or name_or_path in (".", ".."):
+        raise RatchetError(f"no experiment at {name_or_path}: {candidate}/experiment.json"
+                           " does not exist")
     here = (start or Path.cwd()).resolve()
-    for base in [here, *here.parents]:
+    if root is None:
+        root = os.environ.get("RATCHET_ROOT")
+    explicit = [Path(root).expanduser().resolve()] if root else []  # "" means none
+    bases = explicit + _search_bases(here)
+    for base in bases:
         for folder in (base / "experiments" / name_or_path, base / ".ratchet" / name_or_path):
             if (folder / "experiment.json").is_file():
                 return folder
-    package_root = Path(__file__).resolve().parents[2] / "experiments" / name_or_path
-    if (package_root / "experiment.json").is_file():
-        return package_root
-    raise RatchetError(
-        f"no experiment {name_or_path!r}: expected experiments/{name_or_path}/experiment.json"
-    )
+    raise RatchetError(_not_found(name_or_path, bases, bool(root)))
+
+
+def _search_bases(here: Path) -> list[Path]:
+    """`here` and its parents up to the git work tree's top (only `here` outside git)."""
+    for i, base in enumerate([here, *here.parents]):
+        if (base / ".git").exists():
+            return [here, *here.parents][: i + 1]
+    return [here]
+
+
+def _not_found(name: str, bases: list[Path], rooted: bool) -> str:
+    from .shipped import shipped
+
+    try:
+        ships = shipped()
+    except RatchetError:
+        ships = {}
+    places = ", ".join(str(b) for b in dict.fromkeys(bases))
+    hint = (f"`ratchet new {name}` copies the shipped one here" if name in ships
+            else "`ratchet new <name>` starts one (`ratchet new --list`)")
+    where = "" if rooted else "; --root DIR (or RATCHET_ROOT) names another project"
+    return (f"no experiment {name!r}: looked for experiments/{name}/experiment.json and"
+            f" .ratchet/{name}/experiment.json in {places}; {hint}{where}")
 
 
 def load(name_or_path: str | Path, start: Path | None = None) -> Experiment:
@@ -180,8 +230,9 @@ def load(name_or_path: str | Path, start: Path | None = None) -> Experiment:
         where = ".".join(str(p) for p in err["loc"]) or "(top level)"
         raise RatchetError(f"{contract}: field {where!r}: {err['msg']}") from None
     exp.root = root
-    harness = ("eval.py",) if exp.generic is None else ()  # generic mode runs a command
-    for rel in (exp.naive, *harness, "prompt.py", "security.py"):
+    # generic mode runs a command, and writes its seed from git when it prepares
+    needed = (exp.naive, "eval.py") if exp.generic is None else ()
+    for rel in (*needed, "prompt.py", "security.py"):
         if not exp.path(rel).is_file():
             raise RatchetError(f"experiment {exp.name!r} is missing {rel} in {root}")
     return exp
