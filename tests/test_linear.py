@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import itertools
 import json
 import os
 import shutil
@@ -23,9 +22,6 @@ ROOT = Path(__file__).resolve().parents[1]
 LINEAR = ROOT / "experiments" / "linear"
 FIXTURES = LINEAR / "fixtures"
 NAIVE = (LINEAR / "naive.c").read_text()
-TARGET = cbuild.CTarget("matmul_forward", (
-    "void {name}(float* out, const float* inp, const float* weight, const float* bias, "
-    "int B, int T, int C, int OC)"))
 
 
 def load(name: str) -> ModuleType:
@@ -39,6 +35,7 @@ def load(name: str) -> ModuleType:
 template = load("template")
 security = load("security")
 prompt = load("prompt")
+TARGET = load("eval").SPEC.target  # the experiment's own allow-list (__cpu_model)
 
 
 # ---------------- contract ----------------
@@ -114,16 +111,10 @@ def test_eval_sanitizer_failure_names_the_candidate_line(
 # ---------------- tuner template ----------------
 
 def covering_sample() -> list[dict]:
-    """Every (simd, oc_block, bt_block) structure, cycling through the other knobs."""
-    rest = list(itertools.product(template.KNOBS["unroll"], template.KNOBS["loop_order"],
-                                  template.KNOBS["opt"]))
-    out = []
-    for i, (simd, ob, bb) in enumerate(itertools.product(
-            template.KNOBS["simd"], template.KNOBS["oc_block"], template.KNOBS["bt_block"])):
-        u, order, opt = rest[i % len(rest)]
-        out.append({"simd": simd, "oc_block": ob, "bt_block": bb, "unroll": u,
-                    "loop_order": order, "opt": opt})
-    return out
+    """Eight combinations that together take every value of every knob (each knob cycles
+    through its values at its own offset, so the pairings vary)."""
+    return [{knob: values[(i * (j + 1) + i // 2) % len(values)] for j, (knob, values)
+             in enumerate(template.KNOBS.items())} for i in range(8)]
 
 
 def validate_all(combos: list[dict], tmp: Path, sanitize: bool) -> None:
@@ -140,17 +131,13 @@ def validate_all(combos: list[dict], tmp: Path, sanitize: bool) -> None:
         assert log.rstrip().endswith("RLOK"), (knobs, log[-800:])
 
 
-def test_template_covering_sample_passes_validation(tmp_path: Path) -> None:
+def test_template_covering_sample_passes_sanitizer_validation(tmp_path: Path) -> None:
+    """Every register block, and every value of every other knob, through the real
+    harness: security filter, object checks, ASan+UBSan validation (odd shapes, BT=33 for
+    the outer-product form, misaligned pointers, guard bytes, stale-result checks)."""
     combos = covering_sample()
-    assert len(combos) == 24
     for knob, values in template.KNOBS.items():
-        assert {c[knob] for c in combos} == set(values)
-    validate_all(combos, tmp_path, sanitize=False)
-
-
-def test_template_edge_code_is_sanitizer_clean(tmp_path: Path) -> None:
-    combos = [{**template.DEFAULTS, "unroll": 2},
-              {**template.DEFAULTS, "simd": "scalar", "bt_block": 2, "unroll": 2}]
+        assert {c[knob] for c in combos} == set(values), knob
     validate_all(combos, tmp_path, sanitize=True)
 
 
@@ -162,11 +149,74 @@ def test_template_every_combination_passes_validation(tmp_path: Path) -> None:
 
 def test_template_rejects_unknown_knobs() -> None:
     with pytest.raises(ValueError):
-        template.render({"oc_block": 5})
+        template.render({"rows": 5})
     with pytest.raises(ValueError):
-        template.render({"tile": 2})
+        template.render({"unroll": 2})
     src = template.render({})
-    assert src.count("matmul_forward(") == 1 and "#pragma GCC target(\"avx2,fma\")" in src
+    assert src.count("matmul_forward(") == 1
+    # AVX-512 only in a nested function of its own target, called behind the run-time
+    # check (the test with valgrind below shows the rest runs without AVX-512)
+    assert '#pragma GCC target("avx2,fma")' in src
+    assert src.index('target("avx512f,avx2,fma"))) void wide(') < src.index("_mm512_")
+    assert '__builtin_cpu_supports("avx512f")' in src
+    assert "avx512f" not in template.render({"simd": "avx2"})
+
+
+FALLBACK_MAIN = r"""
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+void matmul_forward(float*, const float*, const float*, const float*, int, int, int, int);
+int main(void) {
+    const int shapes[][3] = {{40, 37, 29}, {17, 64, 48}, {3, 9, 7}};
+    printf("avx512f=%d\n", __builtin_cpu_supports("avx512f") ? 1 : 0);
+    for (int s = 0; s < 3; s++) {
+        int BT = shapes[s][0], C = shapes[s][1], OC = shapes[s][2];
+        float *x = malloc(4 * BT * C), *w = malloc(4 * OC * C), *b = malloc(4 * OC);
+        float *o = malloc(4 * BT * OC);
+        for (int i = 0; i < BT * C; i++) x[i] = (float)((i * 7919) % 13) / 13.0f - 0.5f;
+        for (int i = 0; i < OC * C; i++) w[i] = (float)((i * 104729) % 17) / 17.0f - 0.5f;
+        for (int i = 0; i < OC; i++) b[i] = 0.1f * (float)i;
+        matmul_forward(o, x, w, b, 1, BT, C, OC);
+        for (int r = 0; r < BT; r++)
+            for (int k = 0; k < OC; k++) {
+                double want = b[k];
+                for (int i = 0; i < C; i++) want += (double)x[r * C + i] * w[k * C + i];
+                if (fabs(want - o[r * OC + k]) > 1e-3) { printf("wrong\n"); return 1; }
+            }
+    }
+    printf("ok\n");
+    return 0;
+}
+"""
+
+
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="needs valgrind")
+@pytest.mark.parametrize("large", ["outer16", "dot"])
+def test_avx512_template_runs_its_fallback_where_avx512_is_missing(
+        tmp_path: Path, large: str) -> None:
+    """valgrind's CPU has no AVX-512 and stops at any AVX-512 (EVEX) instruction: the
+    avx512 rendering must take its AVX2 path there, every instruction of it plain AVX2,
+    so the candidate never dies of SIGILL on an AVX2-only host."""
+    (tmp_path / "kernel.c").write_text(template.render({"simd": "avx512", "large": large}))
+    (tmp_path / "main.c").write_text(FALLBACK_MAIN)
+    subprocess.run(["gcc", *cbuild.BASE_FLAGS, "kernel.c", "main.c", "-o", "prog", "-lm"],
+                   cwd=tmp_path, check=True, timeout=120)
+    native = subprocess.run(["./prog"], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=60)
+    assert native.stdout.endswith("ok\n"), native.stdout
+    proc = subprocess.run(["valgrind", "-q", "--error-exitcode=3", "./prog"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout == "avx512f=0\nok\n", (
+        proc.stdout, proc.stderr[-2000:])
+
+
+def test_security_allows_the_cpu_check_only_where_the_experiment_does() -> None:
+    src = template.render({"simd": "avx512"})
+    assert security.check(src) == []
+    from ratchetloop.harness.csecurity import check_c_source
+    assert any("__builtin_cpu_supports" in r for r in check_c_source(src))
+    assert "__cpu_model" in TARGET.allowed_imports
 
 
 # ---------------- security ----------------

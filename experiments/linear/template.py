@@ -1,16 +1,31 @@
 """Offline-tuner template: render(knobs) -> a complete, correct matmul_forward source.
 
 Every knob combination declared in experiment.json yields one function (no helpers; all
-logic is inline) that handles any B, T, C, OC >= 1, NULL bias and unaligned pointers:
-  simd        avx2 (AVX2+FMA via #pragma GCC target, 8 floats per vector) or scalar
-  oc_block    output channels per register block
-  bt_block    token rows per register block (bt_block * oc_block dot products in flight)
-  unroll      independent accumulator sets along C (hides FMA latency for small blocks)
-  loop_order  oc_outer keeps an oc_block of weight rows hot while sweeping all tokens;
-              bt_outer sweeps all weights once per token block
-  opt         optimisation level requested with #pragma GCC optimize
-Edges (BT % bt_block, OC % oc_block, C % (8*unroll)) fall back to a one-output loop with a
-scalar tail, so the fast path never reads past a row.
+logic is inline) that handles any B, T, C, OC >= 1, NULL bias and unaligned pointers. The
+kernel is a register-blocked dot-product GEMM: a block of `rows` token rows x `cols`
+output channels keeps rows*cols vector accumulators along C, so no operand has to be
+transposed (both inp and weight are C-contiguous) and small token counts need no packing.
+  simd      avx512: 16 floats per vector and 32 registers, in a nested function with its
+            own target attribute, called when __builtin_cpu_supports("avx512f"); else an
+            AVX2 fallback (the enclosing function is compiled for AVX2 only, so it runs
+            on AVX2-only hosts); avx2: 8 floats, 16 registers
+  rows      token rows per register block
+  cols      output channels per register block (rows*cols accumulators)
+  kc        C split into chunks of kc floats (0: whole rows) so a block's rows stay in
+            L1 and a chunk of inp in L2; partial sums are added into out
+  order     oc_outer keeps a panel of weight rows hot while sweeping all tokens;
+            bt_outer sweeps all weights once per block of token rows
+  pack      copy the weight panel (cols rows x one chunk) into contiguous malloc'd
+            scratch (per call, freed before returning): one stream, no set conflicts
+  prefetch  0, or how many floats ahead to prefetch the operand streamed from L2/L3
+  large     dot: always the kernel above; outer32/outer16: from BT >= 32 (16) on an outer-product
+            kernel: each chunk of inp is packed transposed into malloc'd scratch (BT x kc,
+            cheap), and a tile of MR token rows x NR output channels keeps its sums in
+            vectors along the tokens, fed by broadcasts of the weights: no horizontal sums
+  tile      the outer kernel's tile, "VxNR": V vectors of tokens x NR channels (avx2 uses
+            NR/2, for its 16 registers)
+Edge rows (BT % rows) use the same kernel one row at a time; OC % cols and C % vector
+width fall back to one-output loops and a scalar tail, so nothing reads past a row.
 """
 
 from __future__ import annotations
@@ -19,15 +34,19 @@ import itertools
 from typing import Any
 
 KNOBS: dict[str, list[Any]] = {
-    "simd": ["avx2", "scalar"],
-    "oc_block": [1, 2, 3, 4],
-    "bt_block": [1, 2, 4],
-    "unroll": [1, 2],
-    "loop_order": ["oc_outer", "bt_outer"],
-    "opt": ["O3", "O2"],
+    "simd": ["avx512", "avx2"],
+    "rows": [1, 2, 4, 6],
+    "cols": [2, 3, 4, 6],
+    "kc": [0, 256, 512, 1024],
+    "order": ["oc_outer", "bt_outer"],
+    "pack": [0, 1],
+    "prefetch": [0, 256],
+    "large": ["dot", "outer32", "outer16"],
+    "tile": ["2x12", "1x24", "3x8", "4x6"],
 }
-DEFAULTS = {"simd": "avx2", "oc_block": 3, "bt_block": 4, "unroll": 1,
-            "loop_order": "oc_outer", "opt": "O3"}
+DEFAULTS: dict[str, Any] = {"simd": "avx512", "rows": 4, "cols": 6, "kc": 0,
+                            "order": "oc_outer", "pack": 0, "prefetch": 0,
+                            "large": "outer16", "tile": "2x12"}
 
 
 def combinations() -> list[dict[str, Any]]:
@@ -36,121 +55,293 @@ def combinations() -> list[dict[str, Any]]:
 
 
 class _Vec:
-    """Spelling of the vector operations for one simd choice."""
+    """Spelling of the vector operations for one vector width."""
 
-    def __init__(self, simd: str) -> None:
-        self.avx = simd == "avx2"
-        self.width = 8 if self.avx else 1
-        self.type = "__m256" if self.avx else "float"
-        self.zero = "_mm256_setzero_ps()" if self.avx else "0.0f"
+    def __init__(self, bits: int) -> None:
+        self.width = bits // 32
+        self.type = f"__m{bits}"
+        self.p = "_mm512" if bits == 512 else "_mm256"
 
     def load(self, ptr: str) -> str:
-        return f"_mm256_loadu_ps({ptr})" if self.avx else f"*({ptr})"
+        return f"{self.p}_loadu_ps({ptr})"
 
     def fma(self, a: str, b: str, acc: str) -> str:
-        return f"_mm256_fmadd_ps({a}, {b}, {acc})" if self.avx else f"{acc} + {a} * {b}"
+        return f"{self.p}_fmadd_ps({a}, {b}, {acc})"
 
-    def add(self, a: str, b: str) -> str:
-        return f"_mm256_add_ps({a}, {b})" if self.avx else f"{a} + {b}"
+    @property
+    def zero(self) -> str:
+        return f"{self.p}_setzero_ps()"
 
-    def hsum(self, dst: str, src: str, ind: str) -> list[str]:
-        if not self.avx:
-            return [f"{ind}float {dst} = {src};"]
-        return [
-            f"{ind}float {dst};",
-            f"{ind}{{",
-            f"{ind}    __m128 lo = _mm_add_ps(_mm256_castps256_ps128({src}),"
-            f" _mm256_extractf128_ps({src}, 1));",
-            f"{ind}    lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));",
-            f"{ind}    lo = _mm_add_ss(lo, _mm_shuffle_ps(lo, lo, 1));",
-            f"{ind}    {dst} = _mm_cvtss_f32(lo);",
-            f"{ind}}}",
+    def to256(self, a: str) -> str:
+        """The sum of a vector's two halves as __m256 (avx512f only: no avx512dq/vl)."""
+        if self.width == 8:
+            return a
+        return (f"_mm256_add_ps(_mm512_castps512_ps256({a}), _mm256_castpd_ps("
+                f"_mm512_extractf64x4_pd(_mm512_castps_pd({a}), 1)))")
+
+
+def _reduce4(v: _Vec, accs: list[str], dst: str, ind: str) -> list[str]:
+    """Store the horizontal sums of up to 4 accumulators into dst[0..4) (one __m128)."""
+    ys = [v.to256(a) for a in accs] + ["_mm256_setzero_ps()"] * (4 - len(accs))
+    return [
+        f"{ind}{{",
+        f"{ind}    __m256 h0 = _mm256_hadd_ps({ys[0]}, {ys[1]});",
+        f"{ind}    __m256 h1 = _mm256_hadd_ps({ys[2]}, {ys[3]});",
+        f"{ind}    __m256 h = _mm256_hadd_ps(h0, h1);",
+        f"{ind}    _mm_storeu_ps({dst}, _mm_add_ps(_mm256_castps256_ps128(h), "
+        "_mm256_extractf128_ps(h, 1)));",
+        f"{ind}}}",
+    ]
+
+
+def _store_sums(nr: int, K: int, ind: str) -> list[str]:
+    """s[r][k] (+ the scalar tail of C, + bias on the first chunk, + out on later chunks)
+    into out, four outputs per 128-bit store where the columns allow."""
+    out = [
+        f"{ind}if (i < n) {{",
+        f"{ind}    for (int r = 0; r < {nr}; r++)",
+        f"{ind}        for (int k = 0; k < {K}; k++)",
+        f"{ind}            for (int j = i; j < n; j++) s[r][k] += xp[r][j] * wp[k][j];",
+        f"{ind}}}",
+        f"{ind}for (int r = 0; r < {nr}; r++) {{",
+        f"{ind}    float* orow = out + (size_t)(bt0 + r) * OC + o0;",
+    ]
+    for g in range(0, K - K % 4, 4):
+        out += [
+            f"{ind}    {{",
+            f"{ind}        __m128 add = first ? (bias != NULL ? _mm_loadu_ps(bias + o0 + {g})"
+            f" : _mm_setzero_ps()) : _mm_loadu_ps(orow + {g});",
+            f"{ind}        _mm_storeu_ps(orow + {g}, _mm_add_ps(_mm_loadu_ps(&s[r][{g}]), add));",
+            f"{ind}    }}",
         ]
-
-
-def _full_block(v: _Vec, R: int, K: int, U: int, ind: str) -> list[str]:
-    out = []
-    for r in range(R):
-        out.append(f"{ind}const float* x{r} = inp + (size_t)(bt0 + {r}) * C;")
-    for k in range(K):
-        out.append(f"{ind}const float* w{k} = weight + (size_t)(o0 + {k}) * C;")
-    accs = [f"a{r}_{k}_{u}" for r in range(R) for k in range(K) for u in range(U)]
-    out.append(f"{ind}{v.type} " + ", ".join(f"{a} = {v.zero}" for a in accs) + ";")
-    out.append(f"{ind}int i = 0;")
-
-    def step(units: int, i1: str) -> list[str]:
-        body = []
-        for u in range(units):
-            off = f"i + {v.width * u}" if u else "i"
-            for r in range(R):
-                body.append(f"{i1}{v.type} xv{r} = {v.load(f'x{r} + {off}')};")
-            for k in range(K):
-                body.append(f"{i1}{{ {v.type} wv = {v.load(f'w{k} + {off}')};")
-                for r in range(R):
-                    acc = f"a{r}_{k}_{u}"
-                    body.append(f"{i1}  {acc} = {v.fma(f'xv{r}', 'wv', acc)};")
-                body.append(f"{i1}}}")
-        return body
-
-    # main loop: U vectors per iteration, each into its own accumulator set
-    out.append(f"{ind}for (; i + {v.width * U} <= C; i += {v.width * U}) {{")
-    main = []
-    for u in range(U):
-        off = f"i + {v.width * u}" if u else "i"
-        main.append(f"{ind}    {{")
-        for r in range(R):
-            main.append(f"{ind}        {v.type} xv{r} = {v.load(f'x{r} + {off}')};")
-        for k in range(K):
-            main.append(f"{ind}        {{ {v.type} wv = {v.load(f'w{k} + {off}')};")
-            for r in range(R):
-                acc = f"a{r}_{k}_{u}"
-                main.append(f"{ind}          {acc} = {v.fma(f'xv{r}', 'wv', acc)};")
-            main.append(f"{ind}        }}")
-        main.append(f"{ind}    }}")
-    out += main
+    for k in range(K - K % 4, K):
+        out.append(f"{ind}    orow[{k}] = first ? s[r][{k}] + (bias != NULL ? bias[o0 + {k}] :"
+                   f" 0.0f) : orow[{k}] + s[r][{k}];")
     out.append(f"{ind}}}")
-    if U > 1 and v.width > 1:
-        out.append(f"{ind}for (; i + {v.width} <= C; i += {v.width}) {{")
-        out += step(1, ind + "    ")
-        out.append(f"{ind}}}")
-    # fold the unrolled accumulator sets, reduce to scalars, scalar tail, store
-    for r in range(R):
-        for k in range(K):
-            for u in range(1, U):
-                out.append(f"{ind}a{r}_{k}_0 = {v.add(f'a{r}_{k}_0', f'a{r}_{k}_{u}')};")
-            out += v.hsum(f"s{r}_{k}", f"a{r}_{k}_0", ind)
-    out.append(f"{ind}for (; i < C; i++) {{")
-    for r in range(R):
-        for k in range(K):
-            out.append(f"{ind}    s{r}_{k} += x{r}[i] * w{k}[i];")
-    out.append(f"{ind}}}")
-    for r in range(R):
-        for k in range(K):
-            out.append(f"{ind}out[(size_t)(bt0 + {r}) * OC + o0 + {k}] = "
-                       f"s{r}_{k} + (bias != NULL ? bias[o0 + {k}] : 0.0f);")
     return out
 
 
-def _edge_block(v: _Vec, ind: str) -> list[str]:
-    out = [
+def _block(v: _Vec, nr: int, K: int, prefetch: int, stream: str, ind: str) -> list[str]:
+    """One nr x K register block over the chunk [c0, c1): accumulate, reduce, store."""
+    W = v.width
+    out = [f"{ind}{{"]
+    i2 = ind + "    "
+    accs = [[f"a{r}_{k}" for k in range(K)] for r in range(nr)]
+    out.append(f"{i2}{v.type} " + ", ".join(f"{a} = {v.zero}" for row in accs for a in row)
+               + ";")
+    out.append(f"{i2}int i = 0;")
+    out.append(f"{i2}for (; i + {W} <= n; i += {W}) {{")
+    for r in range(nr):
+        out.append(f"{i2}    {v.type} x{r} = {v.load(f'xp[{r}] + i')};")
+    if prefetch:
+        targets = ([f"xp[{r}]" for r in range(nr)] if stream == "x"
+                   else [f"wp[{k}]" for k in range(K)])
+        for t in targets:
+            out.append(f"{i2}    __builtin_prefetch({t} + i + {prefetch});")
+    for k in range(K):
+        out.append(f"{i2}    {{ {v.type} w = {v.load(f'wp[{k}] + i')};")
+        for r in range(nr):
+            out.append(f"{i2}      {accs[r][k]} = {v.fma(f'x{r}', 'w', accs[r][k])};")
+        out.append(f"{i2}    }}")
+    out.append(f"{i2}}}")
+    k4 = (K + 3) // 4 * 4
+    out.append(f"{i2}float s[{nr}][{k4}];")
+    for r in range(nr):
+        for g in range(0, K, 4):
+            out += _reduce4(v, accs[r][g:g + 4], f"&s[{r}][{g}]", i2)
+    out += _store_sums(nr, K, i2)
+    out.append(f"{ind}}}")
+    return out
+
+
+def _single(v: _Vec, ind: str) -> list[str]:
+    """One output at a time (the OC % cols edge): one accumulator, scalar tail."""
+    W = v.width
+    return [
         f"{ind}for (int r = 0; r < nb; r++) {{",
-        f"{ind}    const float* x = inp + (size_t)(bt0 + r) * C;",
         f"{ind}    for (int k = 0; k < no; k++) {{",
-        f"{ind}        const float* w = weight + (size_t)(o0 + k) * C;",
+        f"{ind}        const float* x = xp[r];",
+        f"{ind}        const float* w = wp[k];",
         f"{ind}        {v.type} a = {v.zero};",
         f"{ind}        int i = 0;",
-    ]
-    if v.width > 1:
-        out.append(f"{ind}        for (; i + {v.width} <= C; i += {v.width}) "
-                   f"a = {v.fma(v.load('x + i'), v.load('w + i'), 'a')};")
-    out += v.hsum("s", "a", ind + "        ")
-    out += [
-        f"{ind}        for (; i < C; i++) s += x[i] * w[i];",
-        f"{ind}        out[(size_t)(bt0 + r) * OC + o0 + k] = "
-        "s + (bias != NULL ? bias[o0 + k] : 0.0f);",
+        f"{ind}        for (; i + {W} <= n; i += {W})",
+        f"{ind}            a = {v.fma(v.load('x + i'), v.load('w + i'), 'a')};",
+        f"{ind}        float s4[4];",
+        *_reduce4(v, ["a"], "s4", ind + "        "),
+        f"{ind}        float t = s4[0];",
+        f"{ind}        for (; i < n; i++) t += x[i] * w[i];",
+        f"{ind}        float* o = out + (size_t)(bt0 + r) * OC + o0 + k;",
+        f"{ind}        *o = first ? t + (bias != NULL ? bias[o0 + k] : 0.0f) : *o + t;",
         f"{ind}    }}",
         f"{ind}}}",
     ]
+
+
+def _path(v: _Vec, R: int, K: int, kc: int, order: str, pack: bool, prefetch: int,
+          ind: str) -> list[str]:
+    """The whole computation for one vector width (a brace block of its own)."""
+    chunk = f"{kc}" if kc else "C"
+    stream = "x" if order == "oc_outer" else "w"
+    out = [f"{ind}{{"]
+    i1 = ind + "    "
+    if pack:
+        out.append(f"{i1}float* panel = (float*)malloc(sizeof(float) * (size_t){K} * "
+                   f"(size_t)({chunk} < C ? {chunk} : C));")
+    out.append(f"{i1}for (int c0 = 0; c0 < C; c0 += {chunk}) {{")
+    i2 = i1 + "    "
+    out += [f"{i2}const int n = C - c0 < {chunk} ? C - c0 : {chunk};",
+            f"{i2}const int first = c0 == 0;"]
+    loops = [("bt0", "BT", R), ("o0", "OC", K)]
+    if order == "oc_outer":
+        loops.reverse()
+    ind2 = i2
+    for var, bound, step in loops:
+        out.append(f"{ind2}for (int {var} = 0; {var} < {bound}; {var} += {step}) {{")
+        ind2 += "    "
+    out += [
+        f"{ind2}const int nb = BT - bt0 < {R} ? BT - bt0 : {R};",
+        f"{ind2}const int no = OC - o0 < {K} ? OC - o0 : {K};",
+        f"{ind2}const float* xp[{R}];",
+        f"{ind2}const float* wp[{K}];",
+        f"{ind2}for (int r = 0; r < nb; r++) xp[r] = inp + (size_t)(bt0 + r) * C + c0;",
+    ]
+    if pack:
+        # the panel is re-packed whenever its weight rows change: once per (chunk, o0)
+        # with oc_outer (bt0 == 0 starts a new panel), for every block with bt_outer
+        fresh = "bt0 == 0" if order == "oc_outer" else "1"
+        out += [
+            f"{ind2}for (int k = 0; k < no; k++) {{",
+            f"{ind2}    const float* src = weight + (size_t)(o0 + k) * C + c0;",
+            f"{ind2}    if (panel != NULL) {{",
+            f"{ind2}        float* dst = panel + (size_t)k * n;",
+            f"{ind2}        if ({fresh}) memcpy(dst, src, sizeof(float) * (size_t)n);",
+            f"{ind2}        wp[k] = dst;",
+            f"{ind2}    }} else {{",
+            f"{ind2}        wp[k] = src;",
+            f"{ind2}    }}",
+            f"{ind2}}}",
+        ]
+    else:
+        out.append(f"{ind2}for (int k = 0; k < no; k++) "
+                   "wp[k] = weight + (size_t)(o0 + k) * C + c0;")
+    # a full block, or the edge rows (BT % rows) one at a time with the same columns
+    out.append(f"{ind2}if (no == {K} && nb == {R}) {{")
+    out += _block(v, R, K, prefetch, stream, ind2 + "    ")
+    if R > 1:
+        out += [f"{ind2}}} else if (no == {K}) {{",
+                f"{ind2}    for (int e = 0; e < nb; e++, bt0++) {{",
+                f"{ind2}        xp[0] = xp[e];"]
+        out += _block(v, 1, K, prefetch, stream, ind2 + "        ")
+        out += [f"{ind2}    }}", f"{ind2}    bt0 -= nb;"]
+    out += [f"{ind2}}} else {{"]
+    out += _single(v, ind2 + "    ")
+    out.append(f"{ind2}}}")
+    for _ in loops:
+        ind2 = ind2[:-4]
+        out.append(f"{ind2}}}")
+    out.append(f"{i1}}}")
+    if pack:
+        out.append(f"{i1}free(panel);")
+    out.append(f"{ind}}}")
+    return out
+
+
+def _outer(v: _Vec, MV: int, NR: int, kc: int, bts: tuple[int, int], ind: str) -> list[str]:
+    """The outer-product form for bts[0] <= BT < bts[1]: a brace block that returns when
+    done, and does nothing when the scratch cannot be allocated, so the caller falls
+    through to the dot form."""
+    W, MR = v.width, MV * v.width
+    chunk = f"({kc} < C ? {kc} : C)" if kc else "C"
+    lo, hi = bts
+    ind0, ind = ind, ind + "    "
+    i1, i2, i3, i4 = (ind + "    " * d for d in range(1, 5))
+    out = [
+        f"{ind0}{{",
+        f"{ind}const int kcs = {chunk};",
+        f"{ind}const int npan = (BT + {MR - 1}) / {MR};",
+        f"{ind}float* xt = BT >= {lo} && BT < {hi} ? (float*)malloc(sizeof(float) * "
+        f"(size_t)npan * {MR} * (size_t)kcs) : NULL;",
+        f"{ind}if (xt != NULL) {{",
+        f"{i1}for (int c0 = 0; c0 < C; c0 += kcs) {{",
+        f"{i2}const int n = C - c0 < kcs ? C - c0 : kcs;",
+        f"{i2}const int first = c0 == 0;",
+        # pack: xt[p][i][m] = inp[p*MR + m][c0 + i], zero rows past BT
+        f"{i2}for (int p = 0; p < npan; p++) {{",
+        f"{i3}float* dst = xt + (size_t)p * {MR} * n;",
+        f"{i3}for (int m = 0; m < {MR}; m++) {{",
+        f"{i4}const int bt = p * {MR} + m;",
+        f"{i4}if (bt < BT) {{",
+        f"{i4}    const float* src = inp + (size_t)bt * C + c0;",
+        f"{i4}    for (int i = 0; i < n; i++) dst[(size_t)i * {MR} + m] = src[i];",
+        f"{i4}}} else {{",
+        f"{i4}    for (int i = 0; i < n; i++) dst[(size_t)i * {MR} + m] = 0.0f;",
+        f"{i4}}}",
+        f"{i3}}}",
+        f"{i2}}}",
+        # a block of 16*NR weight rows x kc stays in L2 while every token panel sweeps it
+        f"{i2}for (int ob = 0; ob < OC; ob += {16 * NR}) {{",
+        f"{i2}const int oe = OC - ob < {16 * NR} ? OC : ob + {16 * NR};",
+        f"{i2}for (int p = 0; p < npan; p++) {{",
+        f"{i3}const float* xp = xt + (size_t)p * {MR} * n;",
+        f"{i2}for (int o0 = ob; o0 < oe; o0 += {NR}) {{",
+        f"{i3}const int no = oe - o0 < {NR} ? oe - o0 : {NR};",
+    ]
+    for k in range(NR):
+        row = f"weight + (size_t)(o0 + {k}) * C + c0"
+        out.append(f"{i3}const float* w{k} = {k} < no ? {row} : weight + (size_t)o0 * C + c0;"
+                   if k else f"{i3}const float* w0 = {row};")
+    out.append(f"{i3}{{")
+    accs = [[f"a{m}_{k}" for k in range(NR)] for m in range(MV)]
+    for k in range(NR):
+        init = (f"first ? {v.p}_set1_ps((bias != NULL && {k} < no) ? bias[o0 + {k}] : 0.0f)"
+                f" : {v.zero}")
+        out.append(f"{i4}{v.type} " + ", ".join(f"{accs[m][k]} = {init}" for m in range(MV))
+                   + ";")
+    out.append(f"{i4}for (int i = 0; i < n; i++) {{")
+    for m in range(MV):
+        off = f" + {m * W}" if m else ""
+        out.append(f"{i4}    {v.type} x{m} = {v.load(f'xp + (size_t)i * {MR}{off}')};")
+    for k in range(NR):
+        out.append(f"{i4}    {{ {v.type} w = {v.p}_set1_ps(w{k}[i]);")
+        for m in range(MV):
+            out.append(f"{i4}      {accs[m][k]} = {v.fma(f'x{m}', 'w', accs[m][k])};")
+        out.append(f"{i4}    }}")
+    out += [f"{i4}}}", f"{i4}float t[{NR}][{MR}];"]
+    for k in range(NR):
+        for m in range(MV):
+            out.append(f"{i4}{v.p}_storeu_ps(&t[{k}][{m * W}], {accs[m][k]});")
+    out += [
+        f"{i4}const int nb = BT - p * {MR} < {MR} ? BT - p * {MR} : {MR};",
+        f"{i4}for (int m = 0; m < nb; m++) {{",
+        f"{i4}    float* orow = out + (size_t)(p * {MR} + m) * OC + o0;",
+        f"{i4}    if (first) {{",
+        f"{i4}        for (int k = 0; k < no; k++) orow[k] = t[k][m];",
+        f"{i4}    }} else {{",
+        f"{i4}        for (int k = 0; k < no; k++) orow[k] += t[k][m];",
+        f"{i4}    }}",
+        f"{i4}}}",
+        f"{i3}}}",
+        f"{i2}}}",
+        f"{i2}}}",
+        f"{i2}}}",
+        f"{i1}}}",
+        f"{i1}free(xt);",
+        f"{i1}return;",
+        f"{ind}}}",
+        f"{ind0}}}",
+    ]
+    return out
+
+
+def _outers(v: _Vec, MV: int, NR: int, kc: int, large: str, ind: str) -> list[str]:
+    """outer32: the tile from 32 tokens on; outer16 adds a one-vector-tall tile (1 x MV*NR,
+    the same accumulator count) for 16..31 tokens, where a taller tile would be half
+    padding."""
+    if large == "dot":
+        return []
+    out = _outer(v, MV, NR, kc, (32, 1 << 30), ind)
+    if large == "outer16":
+        out += _outer(v, 1, MV * NR, kc, (16, 32), ind)
     return out
 
 
@@ -163,42 +354,39 @@ def render(knobs: dict[str, Any]) -> str:
     for name, value in k.items():
         if value not in KNOBS[name]:
             raise ValueError(f"knob {name}={value!r} not in {KNOBS[name]}")
-    v = _Vec(k["simd"])
-    R, K, U = int(k["bt_block"]), int(k["oc_block"]), int(k["unroll"])
-    lines = [f"// tuner: {', '.join(f'{n}={k[n]}' for n in KNOBS)}"]
-    if k["opt"] != "O2":
-        lines.append(f'#pragma GCC optimize("{k["opt"]}")')
-    if v.avx:
-        lines.append('#pragma GCC target("avx2,fma")')
-    lines.append("#include <stddef.h>")
-    if v.avx:
-        lines.append("#include <immintrin.h>")
-    lines += [
-        "",
-        "void matmul_forward(float* out, const float* inp, const float* weight, "
-        "const float* bias,",
-        "                    int B, int T, int C, int OC) {",
-        "    const int BT = B * T;",
-    ]
-    loops = [("bt0", "BT", R), ("o0", "OC", K)]
-    if k["loop_order"] == "oc_outer":
-        loops.reverse()
-    ind = "    "
-    for var, bound, step in loops:
-        lines.append(f"{ind}for (int {var} = 0; {var} < {bound}; {var} += {step}) {{")
-        ind += "    "
-    lines += [
-        f"{ind}const int nb = BT - bt0 < {R} ? BT - bt0 : {R};",
-        f"{ind}const int no = OC - o0 < {K} ? OC - o0 : {K};",
-        f"{ind}if (nb == {R} && no == {K}) {{",
-    ]
-    lines += _full_block(v, R, K, U, ind + "    ")
-    lines.append(f"{ind}}} else {{")
-    lines += _edge_block(v, ind + "    ")
-    lines.append(f"{ind}}}")
-    for _ in loops:
-        ind = ind[:-4]
-        lines.append(f"{ind}}}")
+    R, K, kc = int(k["rows"]), int(k["cols"]), int(k["kc"])
+    pack, prefetch = bool(k["pack"]), int(k["prefetch"])
+    avx512 = k["simd"] == "avx512"
+    MV, NR = (int(x) for x in str(k["tile"]).split("x"))
+    lines = [f"// tuner: {', '.join(f'{n}={k[n]}' for n in KNOBS)}",
+             '#pragma GCC optimize("O3")',
+             '#pragma GCC target("avx2,fma")',
+             "#include <stddef.h>", "#include <stdlib.h>", "#include <string.h>",
+             "#include <immintrin.h>", "",
+             "void matmul_forward(float* out, const float* inp, const float* weight, "
+             "const float* bias,",
+             "                    int B, int T, int C, int OC) {"]
+    if avx512:
+        # A nested function of its own target: only it may use AVX-512 registers and
+        # encodings (with the whole function compiled for avx512f, gcc spills into
+        # xmm16-31 on the AVX2 path too). It uses no outer locals: no trampoline.
+        lines += ['    __attribute__((target("avx512f,avx2,fma"))) void wide(',
+                  "            float* out, const float* inp, const float* weight, "
+                  "const float* bias, int BT, int C, int OC) {"]
+        lines += _outers(_Vec(512), MV, NR, kc, k["large"], "        ")
+        lines += _path(_Vec(512), R, K, kc, k["order"], pack, prefetch, "        ")
+        lines += ["    }",
+                  "    const int BT = B * T;",
+                  '    if (__builtin_cpu_supports("avx512f")) {',
+                  "        wide(out, inp, weight, bias, BT, C, OC);",
+                  "        return;",
+                  "    }"]
+        # the fallback for AVX2-only hosts: correct, not tuned
+        lines += _path(_Vec(256), 1, 4, 0, "oc_outer", False, 0, "    ")
+    else:
+        lines.append("    const int BT = B * T;")
+        lines += _outers(_Vec(256), MV, max(1, NR // 2), kc, k["large"], "    ")
+        lines += _path(_Vec(256), R, K, kc, k["order"], pack, prefetch, "    ")
     lines.append("}")
     return "\n".join(lines) + "\n"
 

@@ -81,9 +81,12 @@ STD_ATTRIBUTE = re.compile(r"\[\[(.*?)\]\]", re.DOTALL)
 
 
 def check_c_source(source: str, *, headers: Iterable[str] = BASE_HEADERS,
-                   statics: bool = False) -> list[str]:
+                   statics: bool = False, builtins: Iterable[str] = ()) -> list[str]:
     """Reasons to reject a C kernel source. `headers`: the <headers> it may include;
-    `statics`: whether non-const statics (state kept between calls) are allowed."""
+    `statics`: whether non-const statics (state kept between calls) are allowed;
+    `builtins`: __builtin_* names allowed beyond ALLOWED_BUILTINS (an experiment that
+    allows `__builtin_cpu_supports` must also allow its import, `__cpu_model`)."""
+    allowed_builtins = ALLOWED_BUILTINS | set(builtins)
     reasons: list[str] = []
     allowed_headers = set(headers)
     if re.search(r"\?\?[=/'()!<>\-]", source):
@@ -106,7 +109,7 @@ def check_c_source(source: str, *, headers: Iterable[str] = BASE_HEADERS,
         reasons.append(f"`{name}` is not allowed: the kernel may only compute (no I/O, "
                        "processes, signals, timers, files, mappings, threads or network)")
     for name in sorted(n for n in names if n.startswith("__builtin_")
-                       and n not in ALLOWED_BUILTINS and not n.startswith("__builtin_ia32_")):
+                       and n not in allowed_builtins and not n.startswith("__builtin_ia32_")):
         reasons.append(f"`{name}` is not allowed")
     if names & {"asm", "__asm__", "__asm"}:
         reasons.append("inline assembly (asm) is not allowed; use intrinsics")
