@@ -101,6 +101,8 @@ def test_results_rows_and_a_progress_line_every_ten(tmp_path: Path):
                                  message="exited 1" if status == "failed" else ""), scores)
     rows = read_rows(tmp_path / "results.tsv")
     assert len(rows) == 20 and rows[2] == {"commit": "abc1234", "metric": "3",
+                                           "wall_seconds": "", "cpu_seconds": "",
+                                           "peak_rss_mb": "",  # built-in metrics: none here
                                            "status": "keep", "description": "idea 3"}
     assert rows[0]["status"] == "discard"
     assert rows[1]["status"] == "crash" and "[crash: exited 1]" in rows[1]["description"]

@@ -21,8 +21,9 @@ def session_parts(exp: Any, reporter: Any) -> tuple[Any, Any]:
     from .workspace import GenericWorkspace
 
     workspace = GenericWorkspace(exp)
+    workspace.notify = reporter.message  # the acceptance mode it picks, and why
     workspace.prepare()
-    return ResultsReporter(reporter, exp.root), workspace
+    return ResultsReporter(reporter, exp.root, list(workspace.spec.metrics)), workspace
 
 
 __all__ = ["session_parts"]

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import click
 
 from ..errors import RatchetError
-from .contract import MetricSpec
+from .contract import MetricSpec, NamedMetric
 from .init import FD_SNIPPET, from_research_json, init_project
 
 VENV_IN_COMMAND = r"(?:^|[\s;&|(=])(?:\./)?\.?venv/bin/"  # a repo venv by a relative path
@@ -33,6 +34,8 @@ def init_command(flags: dict[str, Any], cwd: Path | None = None) -> str:
         "higher_is_better": flags.get("higher_is_better"),
         "editable": list(flags.get("editable") or []) or None,
         "readonly": list(flags.get("readonly") or []) or None,
+        "metrics": named_metrics(flags.get("named_metric") or ()) or None,
+        "constraints": list(flags.get("constraint") or []) or None,
     }
     values.update({k: v for k, v in given.items() if v is not None})
     ask(values)
@@ -59,6 +62,28 @@ def init_command(flags: dict[str, Any], cwd: Path | None = None) -> str:
     return (f"wrote {folder}/ (experiment.json, program.md, prompt.py, security.py)\n"
             f"{where}; {check}.\n{environment_lines(folder, values)}{FD_SNIPPET}"
             f"edit program.md, then: ratchet run {values['tag']} --model <model> --loop 20")
+
+
+def named_metrics(specs: Sequence[str]) -> dict[str, NamedMetric]:
+    """`--named-metric NAME=REGEX` (repeatable): a secondary metric read from the output,
+    group 1 of the regex's last match; anything else is one clear message."""
+    from pydantic import ValidationError
+
+    from .contract import explain
+
+    out: dict[str, NamedMetric] = {}
+    for text in specs:
+        name, eq, pattern = text.partition("=")
+        if not eq or not name.strip() or not pattern:
+            raise RatchetError(f"--named-metric {text!r}: write NAME=REGEX, e.g."
+                               " 'peak_memory_gb=peak_memory_gb:\\s*(\\S+)'")
+        if name.strip() in out:
+            raise RatchetError(f"--named-metric: {name.strip()!r} is given twice")
+        try:
+            out[name.strip()] = NamedMetric(kind="regex", pattern=pattern)
+        except ValidationError as exc:
+            raise RatchetError(f"--named-metric {name.strip()}: {explain(exc)}") from None
+    return out
 
 
 def given_explicitly(name: str) -> bool:
@@ -101,13 +126,16 @@ def ask(values: dict[str, Any]) -> None:
     needed = {"tag": "tag (a short name)", "editable": "files the model may edit (space-separated)",
               "run_command": "command that prints the metric"}
     missing = [k for k in needed if not values.get(k)]
-    if missing and not sys.stdin.isatty():
+    if not sys.stdin.isatty():  # no guessing: a wrong direction ratchets the wrong way
         flag = {"tag": "--tag", "editable": "--edit", "run_command": "--run"}
-        raise RatchetError("missing " + ", ".join(flag[k] for k in missing) +
-                           " (or run on a terminal to be asked)")
+        flags = [flag[k] for k in missing]
+        if values.get("higher_is_better") is None:
+            flags.append("--higher-is-better or --lower-is-better")
+        if flags:
+            raise RatchetError("missing " + ", ".join(flags) + " (or run on a terminal to be"
+                               " asked)")
     for key in missing:
         answer = click.prompt(needed[key])
         values[key] = answer.split() if key == "editable" else answer
     if values.get("higher_is_better") is None:
-        values["higher_is_better"] = (sys.stdin.isatty() and
-                                      click.confirm("is a higher metric better?", default=False))
+        values["higher_is_better"] = click.confirm("is a higher metric better?", default=False)

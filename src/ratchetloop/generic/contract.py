@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shlex
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -50,6 +51,7 @@ from pydantic import (
 from .. import gitops
 from ..errors import RatchetError
 from ..experiment import Experiment
+from . import constraints as constraints_mod
 from .environment import name_problem
 
 if TYPE_CHECKING:
@@ -82,6 +84,20 @@ class MetricSpec(Strict):
                 raise ValueError("a regex metric needs a pattern with exactly one group")
         if self.kind == "json_key" and not self.key:
             raise ValueError("a json_key metric needs a key")
+        return self
+
+
+class NamedMetric(MetricSpec):
+    """A secondary metric: read from the run's output (the result channel carries the
+    primary metric only), shown everywhere, usable in `constraints`."""
+
+    channel: Literal["auto", "fd", "output"] = "output"
+
+    @model_validator(mode="after")
+    def _from_output(self) -> NamedMetric:
+        if self.channel == "fd":
+            raise ValueError("a named metric is read from the output: the result channel"
+                             " carries the primary metric only")
         return self
 
 
@@ -123,6 +139,22 @@ class GenericSpec(Strict):
     path: Literal["inherit"] | list[str] = Field(
         "inherit", description="the commands' PATH: 'inherit' resolves it as your shell has it"
         " (venv, project .venv, pyenv; environment.py), or a list of absolute directories")
+    metrics: dict[str, NamedMetric] = Field(
+        default_factory=dict, description="secondary metrics by name, read from the output;"
+        " shown in results.tsv, SCORES and result.json, usable in constraints")
+    constraints: list[str] = Field(
+        default_factory=list, description="bounds every winner must keep, e.g."
+        " 'peak_rss_mb<=512': on a named metric, a built-in (wall_seconds, cpu_seconds,"
+        " peak_rss_mb) or the primary ('metric'); see constraints.py")
+    relative_to: Literal["repository", "experiment"] = Field(
+        "repository", description="what editable/readonly paths are relative to; commands"
+        " run in that directory ('experiment': the folder holding experiment.json, so a"
+        " copied experiment folder works wherever it lands in a repository)")
+    trial_seconds: float | None = Field(
+        None, gt=0, description="a fixed time budget per run: passed to the command as"
+        " $RATCHET_TRIAL_SECONDS, which is stopped (SIGTERM) at the budget and killed"
+        " trial_grace_seconds later; a run that ends at the budget with its metric is a result")
+    trial_grace_seconds: float = Field(10.0, ge=0, le=600)
     _root: Path | None = PrivateAttr(None)  # the contract's folder (spec_of), to find the repo
     _env: CommandEnv | None = PrivateAttr(None)
 
@@ -163,6 +195,29 @@ class GenericSpec(Strict):
                 raise ValueError(f"{path!r}: use a relative path inside the repository")
         return paths
 
+    @field_validator("metrics")
+    @classmethod
+    def _metric_names(cls, metrics: dict[str, NamedMetric]) -> dict[str, NamedMetric]:
+        for name in metrics:
+            if not constraints_mod.NAME.fullmatch(name):
+                raise ValueError(f"metric name {name!r}: use letters, digits and '_'")
+            if name in (*constraints_mod.BUILTIN, constraints_mod.PRIMARY):
+                raise ValueError(f"metric name {name!r} is built in: pick another name")
+        return metrics
+
+    @model_validator(mode="after")
+    def _constraints_parse(self) -> GenericSpec:
+        for text in self.constraints:
+            constraints_mod.parse(text, self.metric_names())
+        return self
+
+    def metric_names(self) -> list[str]:
+        """Every name a constraint may use: the primary, the declared, the built-ins."""
+        return [constraints_mod.PRIMARY, *self.metrics, *constraints_mod.BUILTIN]
+
+    def parsed_constraints(self) -> list[constraints_mod.Constraint]:
+        return [constraints_mod.parse(text, self.metric_names()) for text in self.constraints]
+
     @model_validator(mode="after")
     def _editable_is_not_git_metadata(self) -> GenericSpec:
         special = [p for p in self.editable if PurePosixPath(p).name in GIT_SPECIAL]
@@ -191,7 +246,34 @@ def spec_of(exp: Experiment) -> GenericSpec:
     except ValidationError as exc:
         raise RatchetError(f"{exp.root / 'experiment.json'}: {explain(exc)}") from None
     spec._root = exp.root
+    if spec.relative_to == "experiment":
+        spec = _from_repository(spec, exp.root)
     return spec
+
+
+def _from_repository(spec: GenericSpec, folder: Path) -> GenericSpec:
+    """An experiment-relative contract seen from the repository root: paths prefixed with
+    the folder, commands run there (`{target}` stays the path as the contract names it)."""
+    repo = gitops.repo_root(folder)
+    try:
+        prefix = folder.resolve().relative_to(repo.resolve()).as_posix()
+    except ValueError:
+        raise RatchetError(f"{folder} is not inside its repository {repo}") from None
+    if prefix == ".":
+        return spec
+
+    def where(command: str | None) -> str | None:
+        if command is None:
+            return None
+        return f"cd {shlex.quote(prefix)} && " + command.replace("{target}", spec.editable[0])
+
+    moved = spec.model_copy(update={
+        "editable": [f"{prefix}/{p}" for p in spec.editable],
+        "readonly": [f"{prefix}/{p}" for p in spec.readonly],
+        "run_command": where(spec.run_command), "check_command": where(spec.check_command),
+        "setup_check": where(spec.setup_check)})
+    moved._root = spec._root
+    return moved
 
 
 def explain(exc: ValidationError) -> str:

@@ -65,6 +65,7 @@ def apply_reply(text: str, base: dict[str, str], editable: list[str],
     files = dict(base)
     touched: set[str] = set()
     for path, search, replace in _edit_blocks(text, editable):
+        path = _resolve(path, editable)
         _check_editable(path, editable)
         if search not in files[path]:
             raise ExtractionError("search_not_found",
@@ -73,6 +74,7 @@ def apply_reply(text: str, base: dict[str, str], editable: list[str],
         touched.add(path)
     without_edits = EDIT_BLOCK.sub(EDITED, text)  # fences that held edits are not files
     for path, body in _whole_files(without_edits, editable):
+        path = _resolve(path, editable)
         _check_editable(path, editable)
         files[path] = body
         touched.add(path)
@@ -89,6 +91,16 @@ def apply_reply(text: str, base: dict[str, str], editable: list[str],
     ideas = [m.group(1).strip() for m in IDEA.finditer(outside)][:3]
     return Extracted(source=to_bundle(files), ideas=ideas, language=language,
                      note=_one_line(note.group(1)) if note else "no note given")
+
+
+def _resolve(path: str, editable: list[str]) -> str:
+    """An editable path as given, or by its path inside the experiment folder: the one
+    editable file that ends with it (an experiment-relative contract names `model.py`,
+    the loop `experiments/train/model.py`)."""
+    if path in editable:
+        return path
+    matches = [p for p in editable if p.endswith("/" + path.removeprefix("./"))]
+    return matches[0] if len(matches) == 1 else path
 
 
 def _check_editable(path: str, editable: list[str]) -> None:

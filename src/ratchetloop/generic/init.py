@@ -13,13 +13,14 @@ from pydantic import ValidationError
 
 from .. import gitops
 from ..errors import RatchetError
-from .contract import GenericSpec, MetricSpec, explain
+from .contract import GenericSpec, MetricSpec, NamedMetric, explain
 from .environment import passed_values
 
 LANGUAGES = {".py": "python", ".c": "c", ".h": "c", ".js": "javascript", ".ts": "typescript",
              ".rs": "rust", ".go": "go", ".sql": "sql", ".md": "markdown", ".sh": "bash"}
 STATE_PATTERNS = ("SCORES.*", "MEMORY.*", "runs/", "winners/", "results.tsv", "*.bundle",
-                  "branch.json", ".ratchet.lock", "metric*", "__pycache__/")
+                  "branch.json", ".ratchet.lock", "metric*", "__pycache__/", "trials.json",
+                  ".ratchet.lock.holder", ".ratchet.status.json")
 PROMPT_PY = '''"""What the model sees each iteration (edit freely; default in the package)."""
 
 from ratchetloop.generic.prompting import build_prompt
@@ -77,6 +78,7 @@ def from_research_json(path: Path) -> dict[str, Any]:
         "tag": data.get("tag"),
         "no_new_dependencies": bool(data.get("no_new_dependencies", False)),
         "setup_check": data.get("setup_check"),
+        "trial_seconds": data.get("trial_seconds"),  # a fixed time budget per run
     }
     return {k: v for k, v in out.items() if v is not None}
 
@@ -90,11 +92,16 @@ def init_project(repo: Path, *, tag: str, editable: list[str], run_command: str,
                  knobs: dict[str, list[Any]] | None = None, check_command: str | None = None,
                  implausible: str = "flag", metric_is_time: bool | None = None,
                  env: list[str] | None = None,
-                 path: Literal["inherit"] | list[str] = "inherit") -> Path:
+                 path: Literal["inherit"] | list[str] = "inherit",
+                 metrics: dict[str, NamedMetric] | None = None,
+                 constraints: list[str] | None = None,
+                 trial_seconds: float | None = None) -> Path:
     """Write the contract; refuses to overwrite an existing one unless `force`.
 
     `env` names variables passed through to every command (their values are read at run
-    time, never written here); `path` is the commands' PATH (see environment.py).
+    time, never written here); `path` is the commands' PATH (see environment.py);
+    `metrics` are named secondary metrics and `constraints` bounds a winner must keep
+    (constraints.py).
     """
     repo = gitops.repo_root(Path(repo))
     if not re.fullmatch(r"[A-Za-z0-9][\w.-]*", tag):
@@ -114,7 +121,9 @@ def init_project(repo: Path, *, tag: str, editable: list[str], run_command: str,
                            check_command=check_command or None,
                            implausible=implausible,
                            metric_is_time=metric_is_time, env=list(env or []),
-                           path=path)
+                           path=path, metrics=metrics or {},
+                           constraints=list(constraints or []),
+                           trial_seconds=trial_seconds)
     except ValidationError as exc:
         raise RatchetError(explain(exc)) from None
     contract: dict[str, Any] = {

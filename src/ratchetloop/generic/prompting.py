@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .. import gitops
 from ..files import read_text_or_empty
 from .contract import spec_of
 from .edits import from_bundle
@@ -21,7 +22,7 @@ def _metric(value: float | None, unit: str) -> str:
 def build_prompt(context: dict[str, Any]) -> str:
     exp = context["experiment"]
     spec = spec_of(exp)
-    repo = exp.root.parents[1]
+    repo = gitops.repo_root(exp.root)  # readonly paths are repository-relative
     lang = context["language"]
     direction = "higher" if not exp.lower_is_better else "lower"
     files = from_bundle(context["incumbent_source"])

@@ -6,6 +6,7 @@ external diff or textconv drivers); files are only written for editable paths.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from .. import gitops
 from .. import scores as scores_mod
 from ..errors import RatchetError
 from ..experiment import Experiment
+from ..files import atomic_write_json, atomic_write_text
 from .contract import spec_of
 from .edits import files_of
 
@@ -64,12 +66,35 @@ def rollback(exp: Experiment, commit: str | None) -> str:
     """Write a winner's editable files into the user's working tree (never commits)."""
     sc = scores_mod.load(exp.root, exp.name, exp.unit, exp.direction)
     target = commit or sc.best_commit or "seed"
-    if target != "seed" and sc.row(target) is None:
+    if (target != "seed" and sc.row(target) is None
+            and not exp.path("winners", target).is_dir()):  # winners/ outlives seed.py
         raise RatchetError(f"{target} is not an accepted winner of {exp.name}")
     repo = gitops.repo_root(exp.root)
     files = winner_files(exp, target)
-    if gitops.is_dirty(repo, [repo / p for p in files]):
-        raise RatchetError(f"{', '.join(files)} have uncommitted changes: commit or stash first")
+    changed = [rel for rel in files if gitops.is_dirty(repo, [repo / rel])
+               and _digest(repo / rel) != _written(exp).get(rel)]
+    if changed:  # the user's own edits; what an earlier rollback wrote may be replaced
+        raise RatchetError(f"{', '.join(changed)} have uncommitted changes: commit or stash"
+                           " first")
     for rel, text in files.items():
-        Path(repo / rel).write_text(text, "utf-8")
+        path = repo / rel
+        mode = path.stat().st_mode & 0o7777 if path.is_file() else 0o644
+        atomic_write_text(path, text)
+        path.chmod(mode)  # the user's file keeps its permissions
+    atomic_write_json(exp.path("rollback.json"),
+                      {"to": target, "files": {rel: _digest(repo / rel) for rel in files}})
     return f"{', '.join(sorted(files))} restored to winner {target} (not committed)"
+
+
+def _digest(path: Path) -> str | None:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+
+
+def _written(exp: Experiment) -> dict[str, str]:
+    """What the last `ratchet rollback` wrote (file -> sha256), so a second one may replace it."""
+    path = exp.path("rollback.json")
+    try:
+        files = json.loads(path.read_text("utf-8")).get("files", {}) if path.is_file() else {}
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return files if isinstance(files, dict) else {}

@@ -5,7 +5,9 @@ proposer, dedups, checks security, decides, records memory and scores; this work
 (1) turns a reply into a bundle of editable files, (2) runs the user's command -- candidate
 and incumbent interleaved, round after round, each run in the sandbox on a fresh copy of
 exactly the tree being judged (worktree.py) -- and returns the same samples[case][impl] an
-eval.py would, (3) compares (zero-variance metrics are decided on the effect size),
+eval.py would (or, in known-noise mode for expensive runs, runs the candidate alone against
+the incumbent's earlier runs: knownnoise.py, trials.py), (3) compares (zero-variance
+metrics are decided on the effect size),
 (4) applies the size rule, (5) gates every would-be winner on the outside measurement and
 on the contract's check command, and (6) commits winners on the ratchet/<tag> branch.
 
@@ -41,12 +43,12 @@ import math
 import random
 import statistics
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from .. import benchlock, gitops, measure, sandbox
+from .. import benchlock, gitops, measure, sandbox, trials
 from ..errors import RatchetError
 from ..evaluate import EvalResult, Failure
 from ..experiment import Acceptance, Experiment
@@ -55,7 +57,10 @@ from ..lock import experiment_lock
 from ..measure import Comparison, Decision
 from ..proposers.base import ProposalFailed
 from ..runs import RunRecord
+from ..status import TimingProgress
 from ..workspace import FollowUp, Judgement
+from . import constraints as constraints_mod
+from . import trialtime
 from .contract import (
     GenericSpec,
     MetricSpec,
@@ -86,21 +91,34 @@ class Measured:
     wall_seconds: float | None = None
     cpu_seconds: float | None = None
     channel: str = ""  # where the value came from: "fd" or "output"
+    peak_rss_mb: float | None = None
+    named: dict[str, float | None] = field(default_factory=dict)  # contract.metrics, read
+
+    def metrics(self) -> dict[str, float | None]:
+        """Every named value of this run: the primary, the built-ins, the declared."""
+        return {"metric": self.value, "wall_seconds": self.wall_seconds,
+                "cpu_seconds": self.cpu_seconds, "peak_rss_mb": self.peak_rss_mb,
+                **self.named}
 
 
 Measure = Callable[[Path], Measured]
 
 
 def measured_from(proc: sandbox.SandboxResult, metric: MetricSpec, *, label: str = "run command",
-                  timeout: float = 0.0) -> Measured:
+                  timeout: float = 0.0, named: Mapping[str, MetricSpec] | None = None
+                  ) -> Measured:
     """A sandboxed run's metric: the result channel first, the output only as the contract
-    allows (see contract.py); strict about what is on the channel."""
+    allows (see contract.py); strict about what is on the channel. `named`: the contract's
+    secondary metrics, read from the output (constraints.py)."""
     log = (proc.stdout + ("\n" + proc.stderr if proc.stderr else ""))[-8000:]
+    values = {name: metric_from_output(proc.stdout, proc.stderr, spec)
+              for name, spec in (named or {}).items()}
 
     def seen(value: float | None, kind: str = "", message: str = "",
              channel: str = "") -> Measured:
         return Measured(value, log, kind, message, wall_seconds=proc.wall_seconds,
-                        cpu_seconds=proc.cpu_seconds, channel=channel)
+                        cpu_seconds=proc.cpu_seconds, channel=channel,
+                        peak_rss_mb=proc.peak_rss_mb, named=values)
 
     if proc.timed_out:
         return seen(None, "timeout", f"{label} exceeded {timeout:.0f}s")
@@ -129,13 +147,21 @@ def command_measure(spec: GenericSpec, timeout: float, target: str) -> Measure:
     ~60 ms a run); it falls back to a cold run where the warm path cannot work."""
     command = spec.run_command.replace("{target}", target)
     box = sandbox.Warm()
+    argv, env = trialtime.argv(command, spec), trialtime.env(spec)  # the trial budget, if any
+    timeout = trialtime.hard_timeout(spec, timeout)
 
     def run(cwd: Path) -> Measured:
-        proc = box.run(["/bin/sh", "-c", command], cwd=cwd, timeout=timeout,
+        proc = box.run(argv, cwd=cwd, timeout=timeout,
                        result_channel=spec.metric.channel != "output", artefacts=(),
-                       readonly_inside=list(spec.readonly), env=spec.command_env().env,
+                       readonly_inside=list(spec.readonly), env=env,
                        ro_paths=spec.command_env().ro_paths)
-        return measured_from(proc, spec.metric, timeout=timeout)
+        if trialtime.at_budget(proc, spec):  # stopped at the budget: its metric decides
+            m = measured_from(trialtime.as_finished(proc), spec.metric, named=spec.metrics)
+            if m.kind == "no_metric":
+                m = replace(m, kind="timeout", message=f"stopped at the trial budget"
+                            f" ({spec.trial_seconds:g}s) before it reported the metric")
+            return m
+        return measured_from(proc, spec.metric, timeout=timeout, named=spec.metrics)
 
     return run
 
@@ -163,6 +189,13 @@ class GenericWorkspace:
         self.metric_seconds = 0.0  # time spent inside the metric (for the overhead bench)
         self.channel: str | None = None  # "fd"/"output" as the trusted runs report ("auto")
         self.flag: str | None = None  # this evaluation's implausibility finding
+        self.progress: Callable[[TimingProgress], None] | None = None  # the live view's
+        self.runs: dict[str, list[dict[str, float | None]]] = {}  # impl -> named metrics/run
+        # Acceptance mode (paired rounds or known noise, trials.py) and what it rests on.
+        self.trial_state = trials.TrialState.load(exp.root)
+        self.mode, self.why, self.chosen = "paired", "", False
+        self.known: trials.Trial | None = None  # this evaluation's known-noise trial
+        self.notify: Callable[[str], None] = lambda text: None  # one line to the user
 
     # ------------------------------------------------------------------ setup
 
@@ -188,6 +221,21 @@ class GenericWorkspace:
                 raise RatchetError(f"check `{self.spec.check_command}` fails on the current"
                                    f" best of {self.trees.branch} ({ok_text(log)}); every winner"
                                    f" must pass it, so fix that first:\n{log.text[-3000:]}")
+        if self.exp.acceptance.mode != "auto" or self.trial_state.noise() is not None:
+            self.choose_mode()
+
+    def choose_mode(self) -> None:
+        """Paired rounds or known noise (trials.choose), once a run has measurements to go
+        on; said once in the output and kept in trials.json and every result.json."""
+        if self.chosen:
+            return
+        if self.exp.acceptance.mode == "auto" and self.trial_state.noise() is None:
+            return
+        self.mode, self.why = trials.choose(self.exp.acceptance, self.trial_state)
+        self.chosen = True
+        self.trial_state.mode, self.trial_state.why = self.mode, self.why
+        self.trial_state.save(self.exp.root)
+        self.notify(f"acceptance: {self.mode.replace('_', '-')} mode ({self.why})")
 
     def _check_clean(self) -> None:
         paths = [self.repo / p for p in self.spec.editable + self.spec.readonly]
@@ -221,7 +269,7 @@ class GenericWorkspace:
                  run: RunRecord, follow_up: FollowUp | None) -> EvalResult:
         """Run; on a crash show the model the log tail and let it fix its idea (twice, when
         the proposer answers follow-ups); then the winner gate (plausibility, check)."""
-        self.flag = None
+        self.flag, self.runs, self.progress = None, {}, run.progress
         result = self.run_eval(self.exp, candidate.source, references, seed=n)
         for attempt in range(1, self.spec.fix_attempts + 1):
             f = result.failure
@@ -245,16 +293,40 @@ class GenericWorkspace:
             result = self.run_eval(self.exp, candidate.source, references, seed=n)
         inc = from_bundle(references.get("best", self.exp.naive_path.read_text("utf-8")))
         self.sizes = (code_lines(inc), code_lines(from_bundle(candidate.source)))
+        result = self._constrained(result)
         if result.ok and "best" in references:
             result = self._gate(candidate, result, run)
         return result
 
     def baseline(self, source: str, references: dict[str, str], *, seed: int,
                  validate: bool = True) -> EvalResult:
-        return self.run_eval(self.exp, source, references, seed=seed, validate=validate)
+        self.runs = {}
+        result = self._with_metrics(self.run_eval(self.exp, source, references, seed=seed,
+                                                  validate=validate))
+        rules = self.spec.parsed_constraints()
+        broken = constraints_mod.broken(rules, self.runs.get("candidate", [])) \
+            if result.ok and rules and not references else []
+        if broken:  # the seed itself: every candidate like it would be refused
+            raise RatchetError(f"the seed breaks the contract's constraints ({'; '.join(broken)}):"
+                               " loosen them in experiment.json or fix the seed")
+        return result
+
+    @property
+    def rule(self) -> str | None:
+        """decision.json's rule in known-noise mode (None: the loop's paired rule)."""
+        if self.known is None:
+            return None
+        acc = self.exp.acceptance
+        return (f"known-noise mode: accept when a Student-t bound (the noise estimate's df) on"
+                f" the candidate's mean against the incumbent's earlier runs is significant at"
+                f" {acc.confidence:.0%}, alpha spent over the looks after up to {acc.confirm}"
+                f" confirmation run(s), and the estimated gain is at least {acc.min_effect:.1%}")
 
     def judge(self, decision: Decision) -> Judgement:
-        """One case, so no specialists: the paired verdict plus the size rule."""
+        """One case, so no specialists: the paired verdict (or the known-noise one, which
+        replaces what measure.decide made of unpaired runs) plus the size rule."""
+        if self.known is not None and self.known.comparison is not None:
+            decision.overall = decision.cases[CASE] = self.known.comparison
         return Judgement(is_best=self.accepts(decision.overall), cases_won=[])
 
     def run_eval(self, exp: Experiment, candidate_source: str, references: dict[str, str], *,
@@ -263,6 +335,12 @@ class GenericWorkspace:
         """Candidate and references run interleaved (random order per round) until decided;
         each run on a fresh copy of its tree."""
         impls = {"candidate": candidate_source, **references}
+        self.runs = {}  # the named metrics of this evaluation's runs only
+        self.known = None
+        if "best" in references and self.mode == "known_noise":
+            from .knownnoise import evaluate as known_noise_eval
+
+            return known_noise_eval(self, candidate_source, references)
         try:
             files = {name: files_of(src, self.spec.editable) for name, src in impls.items()}
         except ExtractionError as exc:
@@ -292,12 +370,20 @@ class GenericWorkspace:
                     if why:
                         m = Measured(None, logs["candidate"], "integrity", why)
                         return self._failed("candidate", m, logs, outside)
+                if self.progress is not None and references:  # display only
+                    self.progress(measure.progress(
+                        {CASE: samples}, list(references), acc, exp.lower_is_better,
+                        len(samples["candidate"])))
                 if not self._more(samples, outside, references, acc, exp.lower_is_better,
                                   time.monotonic() - start):
                     break
+        from .knownnoise import record_trusted
+
+        mode = record_trusted(self, candidate_source, references, samples, outside)
         return EvalResult(ok=True, samples={CASE: samples}, rounds=len(samples["candidate"]),
                           unit=exp.unit, logs={f"{k}_last": v for k, v in logs.items()},
-                          wall_seconds=time.monotonic() - start, info={"outside": outside})
+                          wall_seconds=time.monotonic() - start,
+                          info={"outside": outside, "acceptance": mode})
 
     def _run_one(self, name: str, files: dict[str, str]) -> Measured:
         """One run on a fresh copy; a read-only file changed or a blocked write to one is an
@@ -317,7 +403,31 @@ class GenericWorkspace:
         if hit:
             return replace(m, kind="integrity",
                            message=f"tried to modify read-only {hit} (blocked): {m.message}")
+        if m.value is not None:
+            self.runs.setdefault(name, []).append(m.metrics())
         return m
+
+    def _with_metrics(self, result: EvalResult) -> EvalResult:
+        """Every named metric of the runs in result.json: per run, and the medians."""
+        result.info["metrics"] = {impl: constraints_mod.summary(runs)
+                                  for impl, runs in self.runs.items()}
+        result.info["metric_runs"] = self.runs
+        return result
+
+    def _constrained(self, result: EvalResult) -> EvalResult:
+        """A candidate that breaks a contract constraint is rejected, kind `constraint`,
+        whatever its primary metric (constraints.py)."""
+        result = self._with_metrics(result)
+        rules = self.spec.parsed_constraints()
+        if not result.ok or not rules:
+            return result
+        reasons = constraints_mod.broken(rules, self.runs.get("candidate", []))
+        result.info["constraints"] = {"checked": [str(c) for c in rules], "broken": reasons}
+        if reasons:
+            result.ok = False
+            result.failure = Failure(kind="constraint", message="; ".join(reasons),
+                                     detail=result.logs.get("candidate_last", "")[-2000:])
+        return result
 
     def _channel_mismatch(self, outside: dict[str, dict[str, list[Any]]],
                           trusted: list[str]) -> str:
@@ -401,11 +511,14 @@ class GenericWorkspace:
     def _gate(self, candidate: Extracted, result: EvalResult, run: RunRecord) -> EvalResult:
         """Only for a would-be winner: the plausibility rule, then the check command."""
         samples, acc = result.samples[CASE], self.exp.acceptance
-        overall = measure.compare(samples["candidate"], samples["best"], acc,
-                                  self.exp.lower_is_better, final=True)
+        overall = (copy.deepcopy(self.known.comparison)
+                   if self.known is not None and self.known.comparison is not None else
+                   measure.compare(samples["candidate"], samples["best"], acc,
+                                   self.exp.lower_is_better, final=True))
         if not self.accepts(copy.deepcopy(overall)):
             return result
-        finding = self._plausibility(overall, result.info.get("outside", {}))
+        finding = self._plausibility(overall, result.info.get("outside", {}),
+                                     result.info.get("incumbent_cpu"))
         result.info["plausibility"] = finding
         if finding.get("implausible"):
             self.flag = finding["text"]
@@ -430,33 +543,49 @@ class GenericWorkspace:
                     message=f"check `{self.spec.check_command}` failed ({ok_text(log)})")
         return result
 
-    def _plausibility(self, overall: Comparison,
-                      outside: dict[str, dict[str, list[Any]]]) -> dict[str, Any]:
+    def _plausibility(self, overall: Comparison, outside: dict[str, dict[str, list[Any]]],
+                      incumbent_cpu: list[float] | None = None) -> dict[str, Any]:
         acc = self.exp.acceptance
         if overall.verdict != "better":
             return {"checked": False, "why": "accepted by the size rule, not as better"}
         if not is_time_metric(self.spec, self.exp.unit, self.exp.lower_is_better):
             return {"checked": False, "why": f"the metric ({self.exp.unit or 'no unit'}) is"
                     " not a time where lower is better (set generic.metric_is_time)"}
-        cpu = _cpu_pairs(outside)
-        if cpu is None:
-            return {"checked": False, "why": "the sandbox did not measure CPU time"}
-        cmp = cpu_comparison(*cpu, acc)
-        worse = cmp.verdict == "worse" and cmp.ratio >= 1 + acc.min_effect
-        finding: dict[str, Any] = {
-            "checked": True, "implausible": worse, "cpu": cmp.to_dict(),
-            "metric_speedup": overall.speedup, "action": self.spec.implausible}
+        if self.known is not None:  # no paired runs: the incumbent's trusted runs stand in
+            from .knownnoise import cpu_finding
+
+            finding = cpu_finding(outside.get("candidate", {}).get("cpu_seconds", []),
+                                  incumbent_cpu or [], acc)
+            if not finding["checked"]:
+                return finding
+            worse = bool(finding["implausible"])
+            cpu_ratio = float(finding["cpu"]["ratio"])
+            where = (f"over the candidate's {finding['cpu']['candidate_runs']} run(s) against"
+                     f" the incumbent's last {finding['cpu']['incumbent_runs']}")
+        else:
+            cpu = _cpu_pairs(outside)
+            if cpu is None:
+                return {"checked": False, "why": "the sandbox did not measure CPU time"}
+            cmp = cpu_comparison(*cpu, acc)
+            worse = cmp.verdict == "worse" and cmp.ratio >= 1 + acc.min_effect
+            cpu_ratio = cmp.ratio
+            where = (f"[{cmp.ci_low:.2f}, {cmp.ci_high:.2f}] over the same {cmp.rounds}"
+                     " interleaved runs")
+            finding = {"checked": True, "implausible": worse, "cpu": cmp.to_dict()}
+        finding.update(metric_speedup=overall.speedup, action=self.spec.implausible)
         if worse:
-            finding["short"] = (f"metric x{overall.speedup:.2f} better, CPU x{cmp.ratio:.2f}"
+            finding["short"] = (f"metric x{overall.speedup:.2f} better, CPU x{cpu_ratio:.2f}"
                                 " worse")
             finding["text"] = (
                 f"the metric claims x{overall.speedup:.2f} better, but the command's CPU time"
-                f" went x{cmp.ratio:.2f} [{cmp.ci_low:.2f}, {cmp.ci_high:.2f}] up over the same"
-                f" {cmp.rounds} interleaved runs (measured outside the command)")
+                f" went x{cpu_ratio:.2f} up {where} (measured outside the command)")
         return finding
 
     def commit(self, candidate: Extracted, message: str) -> str:
-        return self.trees.commit(files_of(candidate.source, self.spec.editable), message)
+        sha = self.trees.commit(files_of(candidate.source, self.spec.editable), message)
+        self.trial_state.promote(trials.key_of(candidate.source))  # its runs: the incumbent's
+        self.trial_state.save(self.exp.root)
+        return sha
 
     def record(self, paths: list[Path], message: str) -> None:
         """Nothing: SCORES, MEMORY and winners/ stay out of the user's branches."""

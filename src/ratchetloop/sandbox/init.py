@@ -11,8 +11,8 @@ It builds the filesystem view (read-only everything, private /tmp and /run, mini
 $HOME hidden, a private writable view of the work dir, read-only paths inside it, keys
 files covered), drops every capability, forks the command (handing it the result fd as
 fd 3 when asked), reaps orphans as subreaper, kills what is left of the tree when the
-command exits, reports "<exit|signal|error> <n> cpu <seconds>" on the status fd, and copies
-declared artefacts back to the real work dir.
+command exits, reports "<exit|signal|error> <n> cpu <seconds> rss <KiB>" on the status fd,
+and copies declared artefacts back to the real work dir.
 """
 
 from __future__ import annotations
@@ -495,9 +495,10 @@ def _spawn_command(cfg: Mapping[str, Any], result_fd: int | None) -> int:
 def init_main(cfg: Mapping[str, Any]) -> int:
     status_fd = cfg["status_fd"]
 
-    def report(kind: str, value: int, cpu: float | None = None) -> None:
+    def report(kind: str, value: int, cpu: float | None = None, rss_kb: int = 0) -> None:
         if status_fd >= 0:
             line = f"{kind} {value}" + (f" cpu {cpu:.6f}" if cpu is not None else "")
+            line += f" rss {rss_kb}" if rss_kb > 0 else ""
             try:
                 os.write(status_fd, (line + "\n").encode())
             except OSError:
@@ -553,12 +554,13 @@ def init_main(cfg: Mapping[str, Any]) -> int:
     end_tree(cfg["pid_ns"])
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = usage.ru_utime + usage.ru_stime
+    rss_kb = int(usage.ru_maxrss)  # KiB: the largest RSS any process of the tree reached
     if os.WIFSIGNALED(status):
         code = 128 + os.WTERMSIG(status)
-        report("signal", os.WTERMSIG(status), cpu)
+        report("signal", os.WTERMSIG(status), cpu, rss_kb)
     else:
         code = os.WEXITSTATUS(status)
-        report("exit", code, cpu)
+        report("exit", code, cpu, rss_kb)
     if cfg["artefacts"]:
         copy_artefacts(view, cfg["artefacts"], cfg["artefact_bytes"])
     return code

@@ -17,8 +17,10 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol
@@ -62,6 +64,7 @@ class SandboxResult:
     result: bytes | None = None  # what the command wrote on fd 3 (result_channel=True)
     result_truncated: bool = False
     cpu_seconds: float | None = None  # user+system CPU of the whole tree, from outside
+    peak_rss_mb: float | None = None  # the largest RSS any process of the tree reached (MiB)
     warm: bool = False  # ran in a warm sandbox (Warm.run), not a cold start
 
     @property
@@ -159,8 +162,9 @@ def _read_capped(fh: IO[bytes], cap: int) -> tuple[str, bool]:
     return (head + note + tail).decode("utf-8", errors="replace"), True
 
 
-def _read_status(fd: int) -> tuple[str, int, float | None] | None:
-    """The init's "<kind> <n> [cpu <seconds>]" line, if it wrote one."""
+def _read_status(fd: int) -> tuple[str, int, float | None, float | None] | None:
+    """The init's "<kind> <n> [cpu <seconds>] [rss <KiB>]" line, if it wrote one:
+    (kind, n, cpu seconds, peak RSS in MiB)."""
     os.set_blocking(fd, False)
     try:
         words = os.read(fd, 256).decode(errors="replace").split()
@@ -168,13 +172,56 @@ def _read_status(fd: int) -> tuple[str, int, float | None] | None:
         return None
     if len(words) < 2 or not words[1].lstrip("-").isdigit():
         return None
-    cpu: float | None = None
-    if len(words) == 4 and words[2] == "cpu":
-        try:
-            cpu = float(words[3])
-        except ValueError:
-            cpu = None
-    return words[0], int(words[1]), cpu
+    pairs = dict(zip(words[2::2], words[3::2], strict=False))
+    cpu, rss = _number(pairs.get("cpu")), _number(pairs.get("rss"))
+    return words[0], int(words[1]), cpu, None if rss is None else rss / 1024
+
+
+def _number(text: str | None) -> float | None:
+    try:
+        return float(text) if text is not None else None
+    except ValueError:
+        return None
+
+
+FOLLOW_PERIOD = 0.25  # s between looks at the result channel for new lines (a display's pace)
+
+
+@contextmanager
+def _follow(fd: int | None, on_line: Callable[[bytes], None] | None) -> Iterator[None]:
+    """While the command runs, hand each complete new line of the result file to `on_line`
+    (read with pread, so the file is read again from the start afterwards). For a live
+    view only: the result file is a plain file with no event to wait on, so a thread looks
+    at it at FOLLOW_PERIOD; nothing decides on what it sees."""
+    if fd is None or on_line is None:
+        yield
+        return
+    stop = threading.Event()
+
+    def follow() -> None:
+        offset, pending = 0, b""
+        while not stop.wait(FOLLOW_PERIOD):
+            try:
+                chunk = os.pread(fd, 1 << 16, offset)
+            except OSError:
+                return
+            offset += len(chunk)
+            *lines, pending = (pending + chunk).split(b"\n")
+            for line in lines:
+                try:
+                    on_line(line)
+                except Exception:  # noqa: BLE001 - a display fault never stops a run
+                    pass
+            if offset > RESULT_CAP:
+                return
+
+    thread = threading.Thread(target=follow, name="ratchet-follow-result", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _kill_tree(proc: subprocess.Popen[bytes], cgroup: Group | None) -> None:
@@ -367,6 +414,7 @@ def run(
     result_channel: bool = False,
     artefacts: Sequence[str] = (),
     readonly_inside: Sequence[str] = (),
+    on_result_line: Callable[[bytes], None] | None = None,
 ) -> SandboxResult:
     """Run `argv` contained; never raises for anything the child does.
 
@@ -375,12 +423,15 @@ def run(
     plain names) are copied back. `readonly_inside` (paths relative to `cwd`) stay
     read-only inside the run. `ro_paths` stay readable even under the hidden $HOME.
     `result_channel=True` gives the command fd 3 (RATCHET_RESULT_FD=3); what it writes
-    there comes back as `SandboxResult.result`. `isolate=False` skips namespaces and
-    cgroups (session, rlimits, env scrub and the init remain).
+    there comes back as `SandboxResult.result`; `on_result_line` also hears each complete
+    line written there while the command runs (a live view's progress lines).
+    `isolate=False` skips namespaces and cgroups (session, rlimits, env scrub and the init
+    remain).
     """
     return run_with(_Cold(), argv, cwd=cwd, timeout=timeout, limits=limits, env=env,
                     ro_paths=ro_paths, isolate=isolate, result_channel=result_channel,
-                    artefacts=artefacts, readonly_inside=readonly_inside)
+                    artefacts=artefacts, readonly_inside=readonly_inside,
+                    on_result_line=on_result_line)
 
 
 def run_with(
@@ -396,6 +447,7 @@ def run_with(
     result_channel: bool,
     artefacts: Sequence[str],
     readonly_inside: Sequence[str],
+    on_result_line: Callable[[bytes], None] | None = None,
 ) -> SandboxResult:
     """`run()` with a given launcher: everything but starting/waiting/killing is shared,
     so the cold and the warm path build the same config, limits and result."""
@@ -410,7 +462,7 @@ def run_with(
     hidden_homes = homes()
     timed_out = False
     error: str | None = None
-    status: tuple[str, int, float | None] | None = None
+    status: tuple[str, int, float | None, float | None] | None = None
     result: bytes | None = None
     result_truncated = False
     try:
@@ -436,7 +488,9 @@ def run_with(
                 finally:
                     os.close(status_w)
                 if error is None:
-                    timed_out = launch.wait(timeout)
+                    with _follow(result_file.fileno() if result_channel else None,
+                                 on_result_line):
+                        timed_out = launch.wait(timeout)
             except BaseException:  # Ctrl-C in the loop: the tree must not outlive it
                 launch.kill(cgroup)
                 raise
@@ -459,8 +513,9 @@ def run_with(
                 probe.record_failure(f"cgroup-{function}", why)
     rc = launch.returncode
     cpu: float | None = None
+    rss: float | None = None
     if status is not None:
-        kind, value, cpu = status
+        kind, value, cpu, rss = status
         if kind == "exit":
             rc = value
         elif kind == "signal":
@@ -485,4 +540,5 @@ def run_with(
         # The init's count after reaping everything; the cgroup's when the init could not
         # report (timeout, killed), which also includes the init's own few milliseconds.
         cpu_seconds=cpu if cpu is not None else cgroup_cpu,
+        peak_rss_mb=rss,
     )
