@@ -139,6 +139,7 @@ class FakeModelServer:
         self.default_text = default_text
         self.requests: list[Recorded] = []
         self.release = threading.Event()
+        self.posted = threading.Event()  # set by the first POST (a test waits on it)
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
@@ -264,6 +265,7 @@ class FakeModelServer:
                 except json.JSONDecodeError:
                     request = raw.decode(errors="replace")
                 server.requests.append(Recorded("POST", self.path, dict(self.headers), request))
+                server.posted.set()
                 reply = server._next()
                 if reply.hang:
                     server.release.wait(30)

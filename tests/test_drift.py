@@ -58,7 +58,7 @@ def test_fib_without_a_winner_measures_no_drift(exp_repo, state_reader) -> None:
              Options(iterations=2, drift_every=1))
     sc = state_reader(folder)
     assert sc["drift"] == []
-    assert "drift check" not in (folder / "SCORES.md").read_text()
+    assert "- drift check (" not in (folder / "SCORES.md").read_text()
 
 
 @pytest.fixture(autouse=True)

@@ -4,7 +4,7 @@ The run is a real subprocess (its own process group, so git and every other chil
 it, as on a power cut) on a fib copy whose replay script yields a winner almost every
 iteration. It is SIGKILLed again and again, at points drawn from a seeded RNG and right
 after it moves the branch (the narrowest window: winner committed, not yet recorded), and
-after every kill a resume (`ratchet run --loop 0`, then the next killed run) must find:
+after every kill a resume (`ratchet run --until 0`, then the next killed run) must find:
   * every state file parses (SCORES.json, MEMORY.json, every runs/<n>/*.json);
   * attempt numbering only grows: no runs/<n>/ written by one run is rewritten by another;
   * every Accept commit in `git log` is exactly once in SCORES.json with winners/<commit>/
@@ -165,7 +165,7 @@ def test_sigkill_anywhere_then_resume_loses_no_winner(exp_repo, tmp_path: Path) 
         kills[kind] += 1
         parse_all_state(folder)  # even before a resume, no state file is half-written
         tmp_left += len(list(folder.glob(".*.tmp")))
-        resume = subprocess.run([RATCHET, "run", str(folder), "--model", model, "--loop", "0"],
+        resume = subprocess.run([RATCHET, "run", str(folder), "--model", model, "--until", "0"],
                                 cwd=folder, capture_output=True, text=True, timeout=120)
         assert resume.returncode == 0, resume.stdout + resume.stderr
         check_resumed(folder, repo, snapshots)
@@ -201,7 +201,7 @@ def test_ctrl_c_ends_with_a_summary_and_whole_files(exp_repo, tmp_path: Path) ->
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
     out, err = proc.communicate(timeout=120)
     text = out.decode() + err.decode()
-    assert proc.returncode == 0, text
+    assert proc.returncode == 130, text  # Ctrl-C: the record and summary, then 130
     assert "interrupted (Ctrl-C)" in text and "Traceback" not in text, text
     assert "scoreboard:" in text  # the summary was printed
     parse_all_state(folder)

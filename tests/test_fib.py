@@ -89,3 +89,20 @@ def test_prompt_shows_scores_to_four_significant_digits() -> None:
     })
     assert "Current best (4457 us per suite round; seed 1234568 us):" in text
     assert "Best on case fib22 (0.01235 us), though not best overall:" in text
+
+
+def test_a_knob_the_template_does_not_know_is_one_clear_error(tmp_path):
+    """experiment.json and template.py out of step (a knob value added to one only) crashed
+    the run with the template's KeyError traceback; it is a setup error naming the file."""
+    from click.testing import CliRunner
+
+    from ratchetloop.cli import main
+
+    exp = fib_copy(tmp_path)
+    contract = json.loads(exp.path("experiment.json").read_text())
+    contract["knobs"]["strategy"] = ["matrix_power"]
+    exp.path("experiment.json").write_text(json.dumps(contract))
+    result = CliRunner().invoke(main, ["--root", str(exp.root.parents[1]), "run", "fib",
+                                       "--loop", "1"])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert "template.py: render({'strategy': 'matrix_power'}) failed: KeyError" in result.output

@@ -153,7 +153,8 @@ def test_init_flags_refuse_overwrite_and_force(tmp_path, monkeypatch):
     assert runner.invoke(main, [*args, "--force"]).exit_code == 0
     bad = runner.invoke(main, ["init", "--tag", "t2", "--edit", "calc.py"])
     assert bad.exit_code == 2 and "--run" in bad.output
-    bad = runner.invoke(main, ["init", "--tag", "t3", "--edit", "nope.py", "--run", "x"])
+    bad = runner.invoke(main, ["init", "--tag", "t3", "--edit", "nope.py", "--run", "x",
+                               "--lower-is-better"])
     assert bad.exit_code == 2 and "nope.py" in bad.output
 
 

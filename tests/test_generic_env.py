@@ -180,5 +180,5 @@ def test_the_commands_path_starts_with_the_venv_and_has_no_relative_entries(
              f" sys.exit(p[0] != \"{venv}/bin\" or any(not d.startswith(\"/\") for d in p))'")
     out = CliRunner().invoke(main, init_args("--env", "FOO", "--setup-check", check))
     assert out.exit_code == 0, out.output
-    out = CliRunner().invoke(main, ["run", "env", "--model", replay(tmp_path), "--loop", "0"])
+    out = CliRunner().invoke(main, ["run", "env", "--model", replay(tmp_path), "--until", "0"])
     assert out.exit_code == 0, out.output

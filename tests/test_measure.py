@@ -375,3 +375,18 @@ def test_fast_signed_rank_p_value_is_scipys() -> None:
     for x in samples:
         want = stats.wilcoxon(x, alternative="less", zero_method="zsplit").pvalue
         assert _p_less(x) == pytest.approx(float(want), rel=1e-12, abs=1e-15)
+
+
+def test_first_look_is_taken_even_when_checks_used_the_time_budget() -> None:
+    """Checking and calibrating slow implementations (the naive seed on the compute-bound
+    linear cases) can outlast max_seconds before any round; the harness must still take
+    the first look, not return zero rounds (which the loop reports as a protocol
+    violation)."""
+    from ratchetloop.measure import next_batch
+
+    acc = Acceptance(min_effect=0.01, confidence=0.99, min_rounds=8, max_rounds=96,
+                     batch_rounds=8, max_seconds=5)
+    empty: dict[str, dict[str, list[float]]] = {"a": {"candidate": [], "incumbent": []}}
+    assert next_batch(empty, ["incumbent"], acc, True, 9.0, 0) == (3, "")
+    three = {"a": {"candidate": [1.0, 1.0, 1.0], "incumbent": [1.0, 1.0, 1.0]}}
+    assert next_batch(three, ["incumbent"], acc, True, 9.0, 3) == (0, "budget")

@@ -115,15 +115,25 @@ def test_timeout_is_retried_then_recorded():
     assert info.value.kind == "timeout"
 
 
-def test_connection_refused_is_a_connection_error_failure():
-    with FakeModelServer() as srv:
+def test_connection_refused_stops_first_then_is_a_recorded_failure():
+    """A server never reached stops the run (one line); once it answered, a lost
+    connection is one recorded failure of that iteration."""
+    with FakeModelServer([Reply(text="hi", headers={"connection": "close"})]) as srv:
         url = srv.openai_base_url
-    p = OpenAIProposer(
-        "gpt-4.1-mini", api_key=KEY, base_url=url, retry=RetryPolicy(2, sleep=lambda s: None)
-    )
+        p = OpenAIProposer(
+            "gpt-4.1-mini", api_key=KEY, base_url=url, retry=RetryPolicy(2, sleep=lambda s: None)
+        )
+        fresh = OpenAIProposer(
+            "gpt-4.1-mini", api_key=KEY, base_url=url, retry=RetryPolicy(2, sleep=lambda s: None)
+        )
+        assert p.propose("x").text == "hi"
     with pytest.raises(ProposalFailed) as info:
         p.propose("x")
     assert info.value.kind == "connection_error"
+    with pytest.raises(ProposerError) as stop:
+        fresh.propose("x")
+    assert "cannot connect" in str(stop.value) and "gave up after 2 attempts" in str(stop.value)
+    assert KEY not in str(stop.value)
 
 
 @pytest.mark.parametrize(

@@ -119,3 +119,22 @@ def test_winner_committed_but_not_recorded_is_restored(fib: Path) -> None:
     assert sc["counts"]["accepted"] == 1
     assert (fib / "winners" / sha / "candidate.py").read_text() == ITERATIVE
     assert git(repo, "log", "--format=%h", "--grep", "^Ratchet-Row").split() == [sha]
+
+
+def test_atomic_writes_keep_permissions_like_a_plain_write(tmp_path: Path) -> None:
+    """mkstemp's 0600 made every SCORES.md, report.html and candidate file unreadable to the
+    group: a new file gets the umask's mode, a rewritten file keeps the mode it had."""
+    import os
+
+    from ratchetloop.files import atomic_write_text
+
+    fresh = tmp_path / "SCORES.md"
+    atomic_write_text(fresh, "x")
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert fresh.stat().st_mode & 0o777 == 0o666 & ~mask
+    script = tmp_path / "run.sh"
+    script.write_text("old")
+    script.chmod(0o751)
+    atomic_write_text(script, "new", durable=False)
+    assert script.stat().st_mode & 0o777 == 0o751 and script.read_text() == "new"

@@ -7,12 +7,15 @@ nothing": at most 0.3 s and 60 MiB per non-loop command; tests/test_cli.py guard
 
 from __future__ import annotations
 
+import os
 import sys
 from functools import cache
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
+from . import __version__
 from .display import run_cli_guarded
 
 if TYPE_CHECKING:
@@ -26,7 +29,9 @@ def console() -> Console:
     """stdout console, made on first use so `--help` never imports rich."""
     from rich.console import Console
 
-    return Console()
+    # piped or redirected: lines are never wrapped at 80 columns (nor coloured, as rich
+    # only colours a terminal)
+    return Console() if sys.stdout.isatty() else Console(soft_wrap=True)
 
 
 class GuardedGroup(click.Group):
@@ -35,16 +40,36 @@ class GuardedGroup(click.Group):
 
 
 @click.group(cls=GuardedGroup)
-@click.version_option(package_name="ratchetloop")
-def main() -> None:
+@click.version_option(__version__, prog_name="ratchet")
+@click.option("--root", type=click.Path(exists=True, file_okay=False), envvar="RATCHET_ROOT",
+              help="the project to look in for experiments, before the current directory and"
+                   " its parents (default $RATCHET_ROOT)")
+@click.pass_context
+def main(ctx: click.Context, root: str | None) -> None:
     """ratchetloop: the model proposes, the evaluator decides, memory keeps the judgment."""
+    if root is not None:  # discovery (experiment.find_experiment_dir) reads $RATCHET_ROOT
+        before = os.environ.get("RATCHET_ROOT")
+        os.environ["RATCHET_ROOT"] = os.path.abspath(root)
+        ctx.call_on_close(lambda: _restore_env("RATCHET_ROOT", before))
+
+
+def _restore_env(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
 
 
 @main.command()
 @click.argument("experiment")
 @click.option("--model", "-m", default=None, help="proposer: tuner (default), gpt-..., claude-...,"
               " ollama:<m>, openai-compatible:<m>@<url>, claude-cli, codex-cli, replay:<file>")
-@click.option("--loop", "iterations", default=10, show_default=True, help="iterations to run")
+@click.option("--loop", "iterations", type=click.IntRange(min=1), default=None,
+              help="run N more iterations (default 10; on resume they come on top of those"
+                   " done)")
+@click.option("--until", type=click.IntRange(min=0), default=None,
+              help="run until iteration N in total (not with --loop); --until 0 runs none:"
+                   " it only restores and records what a killed run left")
 @click.option("--temperature", type=float, default=None)
 @click.option("--max-output-tokens", type=int, default=None, help="per reply")
 @click.option("--max-cost", type=float, default=None, help="stop before spending more USD")
@@ -52,10 +77,19 @@ def main() -> None:
 @click.option("--max-minutes", type=float, default=None, help="wall-clock limit")
 @click.option("--patience", type=int, default=None, help="stop after N iterations without a win")
 @click.option("--target", type=float, default=None, help="stop once the best reaches this score")
-def run(experiment: str, model: str | None, iterations: int, temperature: float | None,
+@click.option("--trial-seconds", type=float, default=None, help="generic mode: a fixed time"
+              " budget per run ($RATCHET_TRIAL_SECONDS; stopped at it, killed after a grace)")
+def run(experiment: str, model: str | None, iterations: int | None, until: int | None,
+        temperature: float | None,
         max_output_tokens: int | None, max_cost: float | None, max_tokens: int | None,
-        max_minutes: float | None, patience: int | None, target: float | None) -> None:
-    """Run the loop on EXPERIMENT (a name under experiments/ or a folder)."""
+        max_minutes: float | None, patience: int | None, target: float | None,
+        trial_seconds: float | None = None) -> None:
+    """Run the loop on EXPERIMENT (a name under experiments/ or a folder).
+
+    Exit status: 0 when the run completed or hit a stop condition, 130 after Ctrl-C (the
+    record is finished first), 2 for a setup problem."""
+    if iterations is not None and until is not None:
+        raise click.UsageError("--loop N (N more) and --until N (N in total): give one")
     from . import experiment as experiment_mod
     from .display import LiveReporter, print_summary
     from .generic import session_parts
@@ -65,17 +99,24 @@ def run(experiment: str, model: str | None, iterations: int, temperature: float 
 
     make_undumpable()  # the keys in our memory stay out of reach of the processes we start
     exp = experiment_mod.load(experiment)
+    if trial_seconds is not None:
+        from .generic.trialtime import set_trial_seconds
+
+        set_trial_seconds(exp, trial_seconds)
     proposer = registry.resolve(model, exp, temperature=temperature, max_tokens=max_output_tokens)
     announcement = getattr(proposer, "announcement", None)
     if announcement:
-        console().print(f"[cyan]{announcement}[/]")
-    options = Options(iterations=iterations, max_cost=max_cost, max_tokens=max_tokens,
-                      max_seconds=max_minutes * 60 if max_minutes else None,
+        console().print(announcement, style="cyan", markup=False, highlight=False)
+    options = Options(iterations=iterations or 10, until=until, max_cost=max_cost,
+                      max_tokens=max_tokens, max_seconds=max_minutes * 60 if max_minutes else None,
                       patience=patience, target=target)
-    with LiveReporter(console(), exp, proposer.name, iterations) as live:
+    with LiveReporter(console(), exp, proposer.name, options.iterations, until=until) as live:
         reporter, workspace = session_parts(exp, live)  # generic: branch, results.tsv
         summary = run_loop(exp, proposer, options, reporter, workspace)
+        live.finished(summary.stop_reason)
     print_summary(console(), exp, summary)
+    if summary.interrupted:
+        sys.exit(130)
 
 
 @main.command()
@@ -86,7 +127,7 @@ def seed(experiment: str) -> None:
     from .seed import reset
 
     for line in reset(find_experiment_dir(experiment)):
-        console().print(line)
+        console().print(line, markup=False, highlight=False)
 
 
 @main.command()
@@ -96,21 +137,63 @@ def scores(experiment: str) -> None:
     from . import experiment as experiment_mod
     from . import scores as scores_mod
 
-    exp = experiment_mod.load(experiment)
-    console().print(scores_mod.load(exp.root, exp.name, exp.unit, exp.direction).render(),
-                  markup=False, highlight=False)
+    exp = experiment_mod.load(experiment)  # plain text: valid Markdown, also when piped
+    click.echo(scores_mod.load(exp.root, exp.name, exp.unit, exp.direction).render(), nl=False)
 
 
 @main.command()
 @click.argument("experiment")
-@click.option("--last", "-n", default=30, show_default=True)
-def history(experiment: str, last: int) -> None:
-    """Every attempt: status, score, note, failure."""
+@click.option("--last", "-n", default=None, type=int, help="only the last N (table: 30)")
+@click.option("--json", "as_json", is_flag=True, help="every attempt as a JSON list")
+@click.option("--csv", "as_csv", is_flag=True, help="every attempt as CSV")
+def history(experiment: str, last: int | None, as_json: bool, as_csv: bool) -> None:
+    """Every attempt: status, score, note, failure (--json / --csv to export)."""
     from . import experiment as experiment_mod
-    from .display import history_table
 
     exp = experiment_mod.load(experiment)
-    console().print(history_table(exp, last))
+    if as_json or as_csv:
+        from . import views
+
+        if as_json and as_csv:
+            raise click.UsageError("--json or --csv, not both")
+        rows = views.export_rows(exp)[-last:] if last else views.export_rows(exp)
+        click.echo(views.to_json(rows) if as_json else views.to_csv(rows), nl=False)
+        return
+    from .display import history_table
+
+    console().print(history_table(exp, last or 30))
+
+
+@main.command()
+@click.argument("experiment")
+@click.argument("attempt", type=int)
+def show(experiment: str, attempt: int) -> None:
+    """One attempt in full: prompt, reply, code, diff, security, logs, decision."""
+    from . import experiment as experiment_mod
+    from .views import attempt_sections, plain
+
+    sections = attempt_sections(experiment_mod.load(experiment), attempt)
+    if not sys.stdout.isatty():
+        click.echo(plain(sections), nl=False)
+        return
+    from .display import print_sections
+
+    print_sections(console(), sections)
+
+
+@main.command()
+@click.argument("experiment", required=False)
+def status(experiment: str | None) -> None:
+    """Is a run going on: pid, iteration k/N, phase, elapsed, best, tokens and cost."""
+    from . import status as status_mod
+
+    if experiment is None:
+        click.echo("\n".join(status_mod.overview()))
+        return
+    from .experiment import find_experiment_dir
+
+    folder = find_experiment_dir(experiment)
+    click.echo("\n".join(status_mod.describe(folder)))
 
 
 @main.command()
@@ -121,8 +204,8 @@ def best(experiment: str) -> None:
     from .winners import best_source
 
     exp = experiment_mod.load(experiment)
-    header, source = best_source(exp)
-    console().print(header, highlight=False)
+    header, source = best_source(exp)  # plain: `ratchet best linear > k.c` compiles
+    click.echo(header)
     click.echo(source)
 
 
@@ -135,7 +218,27 @@ def rollback(experiment: str, commit: str | None) -> None:
     from .winners import rollback as do_rollback
 
     exp = experiment_mod.load(experiment)
-    console().print(do_rollback(exp, commit), highlight=False)
+    console().print(do_rollback(exp, commit), markup=False, highlight=False)
+
+
+@main.command()
+@click.argument("experiment")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="folder for report.html and report.png (default: the experiment's folder)")
+@click.option("--open", "open_page", is_flag=True, help="open report.html in a web browser")
+def report(experiment: str, out: Path | None, open_page: bool) -> None:
+    """Write report.html (self-contained, works offline) and report.png: progress, every
+    attempt, per-case speedups, failures, and each winner's note, ratio and diff."""
+    from . import experiment as experiment_mod
+    from .report import write_report
+
+    html_path, png_path = write_report(experiment_mod.load(experiment), out)
+    click.echo(f"wrote {html_path}\nwrote {png_path}")
+    if open_page:
+        import webbrowser
+
+        if not webbrowser.open(html_path.resolve().as_uri()):
+            click.echo("no web browser found: open the file above yourself", err=True)
 
 
 @main.command()
@@ -161,6 +264,23 @@ def doctor(experiment: str | None) -> None:
     console().print(rows_table("doctor", doctor_rows(exp)))
 
 
+@main.command()
+@click.argument("name", required=False)
+@click.argument("directory", required=False, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--list", "listing", is_flag=True, help="list the shipped experiments")
+def new(name: str | None, directory: Path | None, listing: bool) -> None:
+    """Copy shipped experiment NAME into DIRECTORY (default: experiments/NAME here)."""
+    from . import shipped
+
+    if listing:
+        click.echo("\n".join(shipped.describe()))
+        return
+    if name is None:
+        raise click.UsageError("name a shipped experiment (`ratchet new --list` shows them)")
+    folder = shipped.new(name, directory)
+    click.echo(f"created {folder}\nrun it with: {shipped.run_hint(folder)}")
+
+
 def legacy_main() -> None:
     """`python loop.py <experiment> --model M --loop N [--temperature T]`, as the reference."""
     main(["run", *sys.argv[1:]], prog_name="loop.py")
@@ -179,6 +299,11 @@ def legacy_main() -> None:
 @click.option("--setup-check", default=None, help="command that must pass before the loop")
 @click.option("--check", default=None, help="command every winner must pass (e.g. your tests)")
 @click.option("--metric-fd", is_flag=True, help="read the metric only from $RATCHET_RESULT_FD")
+@click.option("--named-metric", multiple=True, metavar="NAME=REGEX",
+              help="also read this secondary metric from the output (repeatable)")
+@click.option("--constraint", multiple=True, metavar="'NAME<=NUMBER'",
+              help="reject any candidate breaking this bound (repeatable; built-ins:"
+                   " wall_seconds, cpu_seconds, peak_rss_mb)")
 @click.option("--env", "env", multiple=True, metavar="NAME",
               help="pass this variable to every command (repeatable; value read at run time)")
 @click.option("--directives", default=None, help="program.md text or file")
@@ -188,5 +313,5 @@ def init(**flags: Any) -> None:
     """Set up the loop for any file + metric in this git repository (.ratchet/<tag>/)."""
     from .generic.cli import init_command
 
-    console().print(init_command(flags), highlight=False)
+    console().print(init_command(flags), markup=False, highlight=False)
 

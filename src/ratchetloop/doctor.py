@@ -162,5 +162,5 @@ def rows_table(title: str, rows: list[Row]) -> Table:
         table.add_column(column, overflow="fold")
     for row in rows:
         colour = _STYLE.get(row.status, "white")
-        table.add_row(row.check, f"[{colour}]{row.status}[/]", escape(row.detail))
+        table.add_row(escape(row.check), f"[{colour}]{escape(row.status)}[/]", escape(row.detail))
     return table

@@ -15,7 +15,9 @@ Contract (what every experiment's eval.py honours):
 
 The protocol is strict: one document, exactly the requested cases, each with exactly the
 candidate and the requested references, every list `rounds` long and finite. Anything
-else fails the candidate with kind "integrity".
+else fails the candidate with kind "integrity". Before it, the harness may write progress
+lines, `{"progress": {...}}` (harness.result.report_progress, one per timing batch): the
+live view shows them while eval.py runs; they are set aside here and never decide.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import re
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +36,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from . import benchlock, sandbox
 from .experiment import Acceptance, Experiment
+from .status import TimingProgress
 
 ARTEFACTS = ("*.log",)  # what eval.py may hand back besides its result
 LOG_LIMIT = 1 << 20  # total characters of logs kept from one evaluation
@@ -92,8 +96,11 @@ def run_eval(
     benchmark: bool = True,
     seed: int = 0,
     keep_workdir: Path | None = None,
+    progress: Callable[[TimingProgress], None] | None = None,
 ) -> EvalResult:
-    """Evaluate one candidate against named reference sources; never raises for candidate faults."""
+    """Evaluate one candidate against named reference sources; never raises for candidate faults.
+
+    `progress` hears the harness's progress lines while it times (a live view's)."""
     work = stage_workdir(exp)
     try:
         suffix = Path(exp.target.file).suffix
@@ -122,6 +129,7 @@ def run_eval(
                 env={"PYTHONPATH": str(PACKAGE_SRC)},
                 result_channel=True,
                 artefacts=ARTEFACTS,
+                on_result_line=None if progress is None else _progress_reader(progress),
             )
         result = parse_result(proc, request)
         result.wall_seconds = proc.wall_seconds
@@ -132,13 +140,38 @@ def run_eval(
         shutil.rmtree(work, ignore_errors=True)
 
 
+def _progress_line(line: bytes) -> dict[str, Any] | None:
+    """A harness progress line ({"progress": {...}}, harness.result.report_progress)."""
+    try:
+        doc = json.loads(line)
+    except ValueError:
+        return None
+    if isinstance(doc, dict) and set(doc) == {"progress"} and isinstance(doc["progress"], dict):
+        return doc["progress"]
+    return None
+
+
+def _progress_reader(progress: Callable[[TimingProgress], None]) -> Callable[[bytes], None]:
+    def read(line: bytes) -> None:
+        fields = _progress_line(line)
+        if fields is not None:
+            try:
+                progress(TimingProgress(**fields))
+            except TypeError:
+                pass  # not this version's progress: the view skips it
+
+    return read
+
+
 def parse_result(proc: sandbox.SandboxResult, request: EvalRequest | None = None) -> EvalResult:
     """The one EvalResult eval.py reported on the result channel; a silent, dead or
     protocol-breaking eval.py is a failure (stdout is never read for the verdict)."""
     if proc.timed_out:
         return _failed("timeout", "timeout", "evaluation exceeded the time limit",
                        _tail(proc.stderr))
-    text = (proc.result or b"").decode("utf-8", errors="replace")
+    # progress lines (display only) come before the one result document; set them aside
+    text = "".join(line for line in (proc.result or b"").decode("utf-8", errors="replace")
+                   .splitlines(keepends=True) if _progress_line(line.encode()) is None)
     if not text.strip():
         if proc.signal:
             return _failed("crash", "crash", f"evaluator killed by signal {proc.signal}",

@@ -60,6 +60,7 @@ def _atomic_write(path: Path, data: bytes, durable: bool) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, _mode_for(path))  # mkstemp makes 0600; keep what a plain write gives
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             if durable:
@@ -74,6 +75,23 @@ def _atomic_write(path: Path, data: bytes, durable: bool) -> None:
         raise
     if durable:
         _fsync_dir(path.parent)
+
+
+def _mode_for(path: Path) -> int:
+    """The existing file's permissions, else what open() would give under the umask."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        return 0o666 & ~_UMASK
+
+
+def _read_umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it: once, at import
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
 
 
 def _fsync_dir(folder: Path) -> None:

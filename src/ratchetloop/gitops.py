@@ -7,7 +7,7 @@ import os
 import re
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,10 +67,14 @@ class CommitContext:
     @classmethod
     def of(cls, repo: Path) -> CommitContext:
         out = git(repo, "rev-parse", "--absolute-git-dir", "--git-common-dir",
-                  "--symbolic-full-name", "HEAD").splitlines()
+                  "--symbolic-full-name", "HEAD", check=False).splitlines()
+        if len(out) < 2:  # not a repository: git's own one-line failure
+            git(repo, "rev-parse", "--absolute-git-dir")
         gdir = Path(out[0])
         common = Path(out[1]) if Path(out[1]).is_absolute() else Path(repo) / out[1]
         ref = out[2].strip() if len(out) > 2 and out[2].startswith("refs/") else ""
+        if not ref:  # detached, or a branch with no commit yet (`ratchet new` in a new repo)
+            ref = git(repo, "symbolic-ref", "-q", "HEAD", check=False).strip()
         locks = [gdir / "index.lock", gdir / "HEAD.lock"]
         if ref:
             locks.append(common.resolve() / f"{ref}.lock")
@@ -218,6 +222,9 @@ def check_branch(repo: Path) -> None:
     proc = subprocess.run(["git", "symbolic-ref", "-q", "HEAD"], cwd=repo, capture_output=True)
     if proc.returncode != 0:
         raise RatchetError(f"{repo} has a detached HEAD: check out a branch before running")
+    if not git(repo, "rev-parse", "-q", "--verify", "HEAD", check=False).strip():
+        raise RatchetError(f"{repo} has no commits yet: commit the experiment first (`git add"
+                           " -A && git commit -m start`; `ratchet new` does this for you)")
 
 
 def _identity_env(repo: Path) -> dict[str, str]:
@@ -270,10 +277,11 @@ def is_dirty(repo: Path, paths: Sequence[Path]) -> bool:
     return bool(git(repo, "status", "--porcelain", "--", *rel).strip())
 
 
-def accept_commits(repo: Path, experiment: str, folder: Path,
+def accept_commits(repo: Path, experiment: str | Collection[str], folder: Path,
                    since: str | None = None) -> list[tuple[str, dict]]:
-    """(short hash, recorded row) of every accept commit of `experiment`, oldest first
-    (only those after commit `since`, when given)."""
+    """(short hash, recorded row) of every accept commit of `experiment` (a name, or any of
+    several), oldest first (only those after commit `since`, when given)."""
+    names = {experiment} if isinstance(experiment, str) else set(experiment)
     rel = str(folder.resolve().relative_to(repo)) or "."
     span = [f"{since}..HEAD"] if since else []
     out = git(repo, "log", "--reverse", "--format=%h%x1f%B%x1e", *span, "--", rel, check=False)
@@ -283,7 +291,7 @@ def accept_commits(repo: Path, experiment: str, folder: Path,
             continue
         sha, body = entry.strip().split("\x1f", 1)
         trailer = _trailer(body, "Ratchet-Row")
-        if trailer and _trailer(body, "Ratchet-Experiment") == experiment:
+        if trailer and _trailer(body, "Ratchet-Experiment") in names:
             try:
                 found.append((sha[:7], json.loads(trailer)))
             except json.JSONDecodeError:

@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from rich.markup import escape  # reporter messages are markup; what they quote is not
+
 from . import evaluate, gitops, measure, sandbox, stability
 from . import memory as memory_mod
 from . import scores as scores_mod
@@ -43,6 +45,8 @@ class Options:
     max_tokens: int | None = None
     max_seconds: float | None = None
     patience: int | None = None  # stop after this many iterations without an accept
+    until: int | None = None  # run until this iteration number in total (then `iterations`
+    # is ignored): `--until N` on resume, where `--loop N` means N more
     target: float | None = None  # stop once the best score reaches this
     drift_every: int = 10  # re-measure best against seed every N iterations (0 = never)
 
@@ -65,6 +69,7 @@ class Outcome:
     cases_won: list[str] = field(default_factory=list)
     usage: Usage = field(default_factory=Usage)
     seconds: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)  # named metrics (generic mode)
 
     @property
     def accepted(self) -> bool:
@@ -77,6 +82,7 @@ class Summary:
     proposer: str
     outcomes: list[Outcome] = field(default_factory=list)
     stop_reason: str = ""
+    interrupted: bool = False  # Ctrl-C: the CLI exits 130 after the summary
     best: Row | None = None
     seed: Row | None = None
     usage: scores_mod.UsageTotals | None = None
@@ -86,10 +92,14 @@ class Rejected(Exception):
     """A candidate stopped at some step; carries what memory needs to learn from it."""
 
     def __init__(self, status: Status, kind: str, message: str, detail: str = "",
-                 score: float | None = None, ratio: float | None = None) -> None:
+                 score: float | None = None, ratio: float | None = None,
+                 infrastructure: bool = False, metrics: dict[str, float] | None = None) -> None:
         super().__init__(message)
+        self.metrics = metrics or {}  # the candidate's named metrics, when it ran
         self.status, self.kind, self.message, self.detail = status, kind, message, detail
         self.score, self.ratio = score, ratio
+        # the request failed (server, network), not a candidate: never shown to the model
+        self.infrastructure = infrastructure
 
 
 class Reporter(Protocol):
@@ -155,7 +165,8 @@ def run_loop(exp: Experiment, proposer: Proposer, options: Options,
         measure.preload()  # scipy (~0.6 s) loads while the seed runs or the model thinks
         try:
             ensure_seeded(s)
-            for _ in range(options.iterations):
+            todo, done_text = planned_iterations(s)
+            for _ in range(todo):
                 reason = stop_reason(s)
                 if reason:
                     summary.stop_reason = reason
@@ -164,9 +175,10 @@ def run_loop(exp: Experiment, proposer: Proposer, options: Options,
                 summary.outcomes.append(iterate(s, iteration))
                 maybe_check_drift(s, iteration)
             else:
-                summary.stop_reason = f"completed {options.iterations} iterations"
+                summary.stop_reason = done_text
         except KeyboardInterrupt:
             summary.stop_reason = "interrupted (Ctrl-C); state saved"
+            summary.interrupted = True
         except RatchetError as exc:
             if getattr(exc, "stop_quietly", False):
                 summary.stop_reason = str(exc)
@@ -177,6 +189,20 @@ def run_loop(exp: Experiment, proposer: Proposer, options: Options,
             wait_for_probe()
         summary.best, summary.seed, summary.usage = s.scores.best, s.scores.seed, s.scores.usage
         return summary
+
+
+def planned_iterations(s: Session) -> tuple[int, str]:
+    """How many attempts this run makes, and its stop reason when it makes them all:
+    `--loop N` is N more attempts, `--until N` runs until attempt N in total."""
+    until = s.options.until
+    done = max(s.scores.last_iteration, last_iteration(s.exp.root))
+    if until is None:
+        n = s.options.iterations
+        text = f"completed {n} iteration{'s' * (n != 1)}"
+        return n, text + (f", {done + n} in all" if done else "")
+    if done >= until:
+        return 0, f"already at iteration {done} (--until {until}): nothing to run"
+    return until - done, f"completed {until - done} more, {until} in all (--until {until})"
 
 
 def iterate(s: Session, n: int) -> Outcome:
@@ -196,6 +222,7 @@ def iterate(s: Session, n: int) -> Outcome:
             skip_duplicate(s, candidate)
             check_security(s, n, candidate, run)
             result = evaluate_candidate(s, n, candidate, run)
+            outcome.metrics = scores_mod.named_metrics(result.info)
             decision = decide(s, result, run)
             outcome = accept_or_reject(s, n, candidate, proposal, decision, outcome)
         except Rejected as r:
@@ -203,6 +230,7 @@ def iterate(s: Session, n: int) -> Outcome:
                 outcome.usage = s.last_usage
             outcome.status, outcome.failure_kind, outcome.message = r.status, r.kind, r.message
             outcome.score, outcome.ratio = r.score, r.ratio
+            outcome.metrics = r.metrics or outcome.metrics
             learn_from_rejection(s, n, outcome, r)
     except (KeyboardInterrupt, BudgetExceeded) as stop:  # finish the record, then end the run
         outcome.status = "interrupted"
@@ -235,7 +263,8 @@ def reconcile_with_git(s: Session) -> None:
     """Winners committed by a run that died before recording them are restored from git."""
     known = {r.commit for r in s.scores.rows}
     restored = 0
-    for sha, row_data in gitops.accept_commits(s.repo, s.exp.name, s.exp.root,
+    names = {s.exp.folder, s.exp.name}  # older commits named it by experiment.json's name
+    for sha, row_data in gitops.accept_commits(s.repo, names, s.exp.root,
                                                since=s.scores.reset_at):
         if sha in known:
             continue
@@ -276,7 +305,7 @@ def ensure_seeded(s: Session) -> None:
         timestamp=s.now(), model="seed", kind="seed", commit="seed",
         score=statistics.median(measure.suite_totals(cases)),
         case_scores={c: statistics.median(v) for c, v in cases.items()},
-        note="naive seed",
+        note="naive seed", metrics=scores_mod.named_metrics(result.info),
     )
     s.memory.seen[fingerprint(naive, s.exp.target.language)] = "seed"
     save_state(s)
@@ -288,10 +317,16 @@ def warn_if_host_busy(s: Session) -> Callable[[], None]:
     background (stability.watch_for_hogs); the sandbox probes stay here, as they set up
     the cgroups the first evaluation reuses. Returns a wait for the background sample."""
     for warning in stability.check_host(sample_seconds=0).warnings:
-        s.reporter.message(f"[yellow]host: {warning}[/]")
+        s.reporter.message(f"[yellow]{escape(host_line(warning))}[/]")
     for name, why in sandbox.missing_layers():
-        s.reporter.message(f"[yellow]sandbox: {name} is off: {why}[/]")
-    return stability.watch_for_hogs(lambda text: s.reporter.message(f"[yellow]host: {text}[/]"))
+        s.reporter.message(f"[yellow]sandbox: {escape(name)} is off: {escape(why)}[/]")
+    return stability.watch_for_hogs(
+        lambda text: s.reporter.message(f"[yellow]{escape(host_line(text))}[/]"))
+
+
+def host_line(warning: str) -> str:
+    """"host: ..." once, also for a warning that already starts with "host busy"."""
+    return warning if warning.startswith("host") else f"host: {warning}"
 
 
 def stop_reason(s: Session) -> str:
@@ -356,7 +391,7 @@ def ask_proposer(s: Session, n: int, prompt: str, run: RunRecord) -> Proposal:
         run.json("request.json", exc.request or {})
         run.text("response.txt", exc.raw_response or "")
         run.json("usage.json", {**asdict(exc.usage), "seconds": run.seconds["propose"]})
-        raise Rejected("failed", exc.kind, str(exc)) from None
+        raise Rejected("failed", exc.kind, str(exc), infrastructure=True) from None
     s.last_usage = proposal.usage
     s.scores.usage.add(proposal.usage)
     run.json("request.json", proposal.request or {"model": proposal.model})
@@ -401,6 +436,9 @@ def evaluate_candidate(s: Session, n: int, candidate: Extracted,
     """Step 7: eval.py in the sandbox: build, adversarial validation, paired timing."""
     s.reporter.phase(n, "evaluating (build, validate, time)")
     references = reference_sources(s)
+    timing = getattr(s.reporter, "timing", None)  # optional: a live view's progress
+    if callable(timing):
+        run.progress = functools.partial(timing, n)
     with run.timed("evaluate"):
         result = s.workspace.evaluate(n, candidate, references, run, (
             functools.partial(follow_up, s) if s.proposer.answers_follow_ups else None))
@@ -409,7 +447,8 @@ def evaluate_candidate(s: Session, n: int, candidate: Extracted,
         run.text(f"{name}.log", log)
     if not result.ok:
         f = result.failure or evaluate.Failure(kind="harness_error", message="no failure given")
-        raise Rejected("failed", f.kind, f.message, f.detail)
+        raise Rejected("failed", f.kind, f.message, f.detail,
+                       metrics=scores_mod.named_metrics(result.info))
     return result
 
 
@@ -435,10 +474,11 @@ def decide(s: Session, result: evaluate.EvalResult, run: RunRecord) -> Decision:
         "per_case": {c: cmp.to_dict() for c, cmp in per_case.items()},
         "host_warnings": stability.check_host(sample_seconds=0).warnings,
         "pinned_cpu": result.info.get("pinned_cpu"),
-        "rule": "accept when a test on the paired per-round log-ratios is significant at"
+        "rule": getattr(s.workspace, "rule", None) or (  # generic known-noise mode: its own
+                "accept when a test on the paired per-round log-ratios is significant at"
                 f" {acc.confidence:.0%} (alpha spent across sequential looks: a t-test at the"
                 " 3-round look, which also needs a 1.5x gain, then signed-rank tests) and the"
-                f" estimated gain is at least {acc.min_effect:.1%}",
+                f" estimated gain is at least {acc.min_effect:.1%}"),
     })
     if not decision.is_best and not decision.cases_won:
         raise Rejected("rejected", "not_better",
@@ -460,7 +500,7 @@ def accept_or_reject(s: Session, n: int, candidate: Extracted, proposal: Proposa
     row = Row(timestamp=s.now(), model=proposal.model or s.proposer.name, kind=kind,
               score=decision.score, case_scores=decision.case_scores, commit="pending",
               note=candidate.note, iteration=n, ratio=ratio,
-              ci=(ci_cmp.ci_low, ci_cmp.ci_high),
+              ci=(ci_cmp.ci_low, ci_cmp.ci_high), metrics=outcome.metrics,
               cases_won=[c for c in decision.cases_won if specialists.get(c) == "pending"])
     sha = commit_winner(s, candidate, row, specialists)
     row.commit = sha
@@ -506,9 +546,9 @@ def commit_winner(s: Session, candidate: Extracted, row: Row,
     trailer = row.model_dump(mode="json", exclude={"commit"})
     trailer["specialists_after"] = specialists
     message = (
-        f"Accept {exp.name} {label} from {row.model} at {row.score:.2f}{exp.unit}\n\n"
+        f"Accept {exp.folder} {label} from {row.model} at {row.score:.2f}{exp.unit}\n\n"
         f"{candidate.note}\n\n"
-        f"Ratchet-Experiment: {exp.name}\n"
+        f"Ratchet-Experiment: {exp.folder}\n"
         f"Ratchet-Row: {json.dumps(trailer, separators=(',', ':'))}\n"
     )
     return s.workspace.commit(candidate, message)
@@ -525,6 +565,9 @@ def learn_from_rejection(s: Session, n: int, outcome: Outcome, r: Rejected) -> N
     """Counts and memory; the prompt's "your last attempt failed" line is about the last
     attempt only, so any other outcome clears it."""
     s.last_failure = None
+    if r.infrastructure:  # recorded in runs/<n>/ and counted, but not the model's doing
+        s.scores.counts.failed += 1
+        return
     if r.status == "duplicate":
         s.scores.counts.duplicates += 1
     elif r.status == "rejected":
@@ -576,9 +619,9 @@ def record_winners(s: Session) -> None:
     names = ", ".join(f"winner {sha}" for sha in s.unrecorded)
     paths = state_paths(s) + [s.exp.path("winners", sha) for sha in s.unrecorded]
     try:
-        s.workspace.record(paths, f"Record {s.exp.name} {names} in scores, memory and winners/")
+        s.workspace.record(paths, f"Record {s.exp.folder} {names} in scores, memory and winners/")
     except RatchetError as exc:  # the files are saved; the next run's record takes them
-        s.reporter.message(f"[yellow]state not committed: {exc}[/]")
+        s.reporter.message(f"[yellow]state not committed: {escape(str(exc))}[/]")
         return
     s.unrecorded.clear()
 
@@ -602,7 +645,8 @@ def maybe_check_drift(s: Session, n: int) -> None:
                                   validate=False, seed=n)
     if not result.ok:  # the best passed before; say so rather than record a wrong ratio
         f = result.failure
-        s.reporter.message(f"[yellow]drift check failed: {f.kind}: {f.message}[/]" if f else
+        s.reporter.message(f"[yellow]drift check failed: {escape(f.kind)}: {escape(f.message)}[/]"
+                           if f else
                            "[yellow]drift check failed[/]")
         return
     cand = {c: v["candidate"] for c, v in result.samples.items()}

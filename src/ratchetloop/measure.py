@@ -83,6 +83,7 @@ from typing import Any, Literal
 import numpy as np
 
 from .experiment import Acceptance
+from .status import TimingProgress
 
 Verdict = Literal["better", "worse", "same", "unsure"]
 
@@ -206,6 +207,28 @@ def rounds_to_next_look(rounds: int, acceptance: Acceptance) -> int:
     3 from zero (the early look), then up to min_rounds, then batch_rounds at a time.
     """
     return max(1, next_look(rounds + 1, acceptance) - rounds)
+
+
+def paired_rounds_affordable(acceptance: Acceptance, run_seconds: float) -> int:
+    """Rounds a paired evaluation takes before max_seconds stops it, batch by batch as the
+    harnesses take them (candidate + incumbent: two runs a round)."""
+    rounds, elapsed = 0, 0.0
+    while rounds < acceptance.max_rounds and elapsed < acceptance.max_seconds:
+        batch = min(rounds_to_next_look(rounds, acceptance), acceptance.max_rounds - rounds)
+        rounds += batch
+        elapsed += 2 * batch * run_seconds
+    return rounds
+
+
+def paired_can_decide(acceptance: Acceptance, run_seconds: float) -> bool:
+    """Whether paired rounds at this run cost can reach the confidence at all within the
+    time budget for a gain under 1.5x: some signed-rank look it reaches (the last one cut
+    short by the budget included) must be able to reject even with every round on the
+    candidate's side. (The issue-18 failure: 40 s runs, 300 s, 5 rounds: never.)"""
+    last = paired_rounds_affordable(acceptance, run_seconds)
+    points = [n for n in looks(acceptance) if EARLY_ROUNDS < n < last] + [last]
+    return any(n > EARLY_ROUNDS and _critical_count(n, look_alpha(n, acceptance)) >= 0
+               for n in points)
 
 
 def _spent(i: int, points: list[int], alpha: float) -> float:
@@ -499,11 +522,15 @@ def next_batch(
 ) -> tuple[int, str]:
     """A harness's sampling step over samples[case][impl]: how many rounds to take next,
     or (0, why it stops): "decided", "budget", or "baseline" (no references: min_rounds
-    of the candidate alone). Each batch ends on a scheduled look."""
+    of the candidate alone). Each batch ends on a scheduled look. The first look is
+    always taken: checks and calibration of slow implementations may use up max_seconds,
+    and a result with no rounds is no result."""
     if not references:
         if rounds >= acceptance.min_rounds:
             return 0, "baseline"
         return acceptance.batch_rounds, ""
+    if rounds == 0:
+        return min(rounds_to_next_look(0, acceptance), acceptance.max_rounds), ""
     unsure = [ref for ref in references if needs_more_rounds(
         {c: samples[c][candidate] for c in samples}, {c: samples[c][ref] for c in samples},
         acceptance, lower_is_better, elapsed_seconds, primary=primary)]
@@ -511,6 +538,33 @@ def next_batch(
         within = rounds < acceptance.max_rounds and elapsed_seconds < acceptance.max_seconds
         return 0, "decided" if within else "budget"
     return min(rounds_to_next_look(rounds, acceptance), acceptance.max_rounds - rounds) or 1, ""
+
+
+def progress(
+    samples: dict[str, dict[str, list[float]]],
+    references: list[str],
+    acceptance: Acceptance,
+    lower_is_better: bool,
+    rounds: int,
+    *,
+    candidate: str = "candidate",
+    primary: str | None = None,
+) -> TimingProgress:
+    """Where a harness's sampling stands after a batch, for the live view: rounds done of
+    max_rounds and the candidate against the first reference (the incumbent) as `compare`
+    sees it now. Display only: no decision reads it, and it spends no alpha."""
+    if not references or rounds < 1:
+        return TimingProgress(rounds, acceptance.max_rounds)
+    ref = references[0]
+    cmp = compare(_overall_series({c: samples[c][candidate] for c in samples}, primary),
+                  _overall_series({c: samples[c][ref] for c in samples}, primary),
+                  acceptance, lower_is_better)
+
+    def finite(x: float) -> float | None:
+        return x if math.isfinite(x) else None
+
+    return TimingProgress(rounds, acceptance.max_rounds, finite(cmp.ratio),
+                          finite(cmp.ci_low), finite(cmp.ci_high), cmp.verdict)
 
 
 def decide(

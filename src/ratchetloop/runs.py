@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .files import atomic_write_json, atomic_write_text
+
+if TYPE_CHECKING:
+    from .status import TimingProgress
 
 
 class RunRecord:
@@ -21,6 +24,8 @@ class RunRecord:
         self.path = folder / "runs" / f"{iteration:04d}"
         self.path.mkdir(parents=True, exist_ok=True)
         self.seconds: dict[str, float] = {}
+        # hears the paired timing's progress while this attempt is measured (live view)
+        self.progress: Callable[[TimingProgress], None] | None = None
 
     @contextmanager
     def timed(self, phase: str) -> Iterator[None]:
@@ -57,7 +62,9 @@ def attempts(folder: Path) -> list[dict[str, Any]]:
         summary = sub / "attempt.json"
         if summary.is_file():
             try:
-                out.append(json.loads(summary.read_text(encoding="utf-8")))
-            except (OSError, json.JSONDecodeError):
+                data = json.loads(summary.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
                 continue
+            if isinstance(data, dict):  # anything else is not an attempt this can show
+                out.append(data)
     return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -25,6 +26,7 @@ class Row(BaseModel):
     ratio: float | None = None  # candidate / incumbent it beat (overall, or its case)
     ci: tuple[float, float] | None = None
     cases_won: list[str] = Field(default_factory=list)  # cases it holds as specialist
+    metrics: dict[str, float] = Field(default_factory=dict)  # named metrics (generic mode)
 
 
 class UsageTotals(BaseModel):
@@ -73,6 +75,14 @@ class Drift(BaseModel):
     ci: tuple[float, float] | None = None
 
 
+class Rollback(BaseModel):
+    """`ratchet rollback` made `to` the incumbent (and wrote it into the candidate file)."""
+
+    timestamp: str
+    to: str  # a commit, or "seed"
+    previous: str  # the incumbent before
+
+
 class Scores(BaseModel):
     experiment: str
     unit: str
@@ -88,6 +98,7 @@ class Scores(BaseModel):
     # full hash of HEAD when seed.py reset this experiment: older Accept commits are history,
     # not winners to restore into this scoreboard
     reset_at: str | None = None
+    rollbacks: list[Rollback] = Field(default_factory=list)
 
     def row(self, commit: str) -> Row | None:
         if self.seed and commit == self.seed.commit:
@@ -104,6 +115,23 @@ class Scores(BaseModel):
 
     def render(self) -> str:
         return render(self)
+
+
+def named_metrics(info: dict[str, Any]) -> dict[str, float]:
+    """The candidate's named metrics (medians) from an EvalResult's info, if it has any:
+    generic mode's primary, built-in (wall_seconds, cpu_seconds, peak_rss_mb) and
+    declared metrics (ratchetloop.generic.constraints)."""
+    found = (info.get("metrics") or {}).get("candidate") or {}
+    return {str(k): float(v) for k, v in found.items() if isinstance(v, int | float)}
+
+
+def metrics_text(metrics: dict[str, float]) -> str:
+    """`name=value` pairs, six significant digits, the primary ("metric") left out."""
+    return ", ".join(f"{k}={v:.6g}" for k, v in metrics.items() if k != "metric")
+
+
+SUM_LABEL = "Median (suite sum)"  # per timing round the cases' scores are summed
+WIN_LABEL = "Win vs seed*"  # explained under the table
 
 
 def _better_first(scores: Scores) -> bool:
@@ -128,8 +156,13 @@ def render(scores: Scores) -> str:
     best = scores.best
     u = scores.usage
     lines = [f"# {scores.experiment} scoreboard", ""]
-    lines.append(f"- current best median: {_fmt(best.score if best else None, unit)}"
+    lines.append(f"- current best (median of the suite sum): "
+                 f"{_fmt(best.score if best else None, unit)}"
                  + (f" (commit {best.commit})" if best and best.kind != "seed" else ""))
+    if scores.rollbacks:
+        rb = scores.rollbacks[-1]
+        lines.append(f"- rolled back to {rb.to} at {rb.timestamp} (from {rb.previous}):"
+                     " the incumbent every candidate is timed against")
     lines.append(f"- seed baseline: {_fmt(seed, unit)}")
     for case, commit in sorted(scores.specialists.items()):
         row = scores.row(commit)
@@ -148,16 +181,23 @@ def render(scores: Scores) -> str:
         d = scores.drift[-1]
         lines.append(f"- drift check (iteration {d.iteration}): best vs seed measured now,"
                      f" {times(1 / d.ratio if lower else d.ratio)} better")
-    lines += ["", "| Timestamp | Model | Median | Seed | Win | Commit | Notes |",
-              "|---|---|---|---|---|---|---|"]
+    named = any(r.metrics for r in [*scores.rows, *([scores.seed] if scores.seed else [])])
+    lines += ["", f"| Timestamp | Model | {SUM_LABEL} | Seed | {WIN_LABEL} | Commit | Notes |"
+              + (" Metrics |" if named else ""), "|---|---|---|---|---|---|---|"
+              + ("---|" if named else "")]
     ordered = sorted(scores.rows, key=lambda r: (r.score if lower else -r.score, r.iteration))
     for r in ordered:
-        lines.append(_row_line(r, seed, unit, lower, _label(scores, r)))
+        lines.append(_row_line(r, seed, unit, lower, _label(scores, r), named))
     if scores.seed:
-        lines.append(_row_line(scores.seed, seed, unit, lower, "seeded baseline winner"))
+        lines.append(_row_line(scores.seed, seed, unit, lower, "seeded baseline winner", named))
+    if scores.seed:
+        lines += ["", f"{WIN_LABEL}: the seed's median, timed alone on {scores.seed.timestamp},"
+                      " over the row's, timed when it was accepted: not side by side (the"
+                      " drift check is; the bracket after a note is its interval against the"
+                      " incumbent it beat, timed side by side)."]
     if scores.specialists:
         lines += ["", "## Per-case specialists", "",
-                  "| Case | Median | Seed case | Win | Commit | Notes |",
+                  f"| Case | Median | Seed case | {WIN_LABEL} | Commit | Notes |",
                   "|---|---|---|---|---|---|"]
         for case, commit in sorted(scores.specialists.items()):
             row = scores.row(commit)
@@ -179,11 +219,18 @@ def _label(scores: Scores, row: Row) -> str:
     return "accepted nonbest" + (f" ({', '.join(row.cases_won)})" if row.cases_won else "")
 
 
-def _row_line(r: Row, seed: float | None, unit: str, lower: bool, label: str) -> str:
-    ci = f" [x{1 / r.ci[1]:.3f}..x{1 / r.ci[0]:.3f} vs incumbent]" if r.ci and lower and all(
-        r.ci) else ""
+def _row_line(r: Row, seed: float | None, unit: str, lower: bool, label: str,
+              with_metrics: bool = False) -> str:
+    ci = f" [{_ci_text(r.ci, lower)} vs incumbent]" if r.ci and all(r.ci) else ""
     return (f"| {r.timestamp} | {r.model} | {_fmt(r.score, unit)} | {_fmt(seed, unit)} |"
-            f" {_win(seed, r.score, lower)} | {r.commit} | {label}: {_cell(r.note)}{ci} |")
+            f" {_win(seed, r.score, lower)} | {r.commit} | {label}: {_cell(r.note)}{ci} |"
+            + (f" {_cell(metrics_text(r.metrics)) or '-'} |" if with_metrics else ""))
+
+
+def _ci_text(ci: tuple[float, float], lower: bool) -> str:
+    """The interval of the gain (>1 is better) from the interval of candidate/incumbent."""
+    low, high = (1 / ci[1], 1 / ci[0]) if lower else ci
+    return f"x{low:.3f}..x{high:.3f}"
 
 
 def _cell(text: str) -> str:

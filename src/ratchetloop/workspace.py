@@ -88,7 +88,7 @@ class ExperimentFolder:
     def evaluate(self, n: int, candidate: Extracted, references: dict[str, str],
                  run: RunRecord, follow_up: FollowUp | None) -> EvalResult:
         return evaluate.run_eval(self.exp, candidate.source, references, seed=n,
-                                 keep_workdir=run.path)
+                                 keep_workdir=run.path, progress=run.progress)
 
     def baseline(self, source: str, references: dict[str, str], *, seed: int,
                  validate: bool = True) -> EvalResult:

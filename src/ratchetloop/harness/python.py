@@ -70,7 +70,7 @@ from typing import Any
 from .. import measure, seccomp, stability
 from ..evaluate import EvalRequest, EvalResult, safe_name
 from .cases import case_params, primary_case, read_contract
-from .result import HarnessFailure, kill_now, main, protect_evaluator, tail
+from .result import HarnessFailure, kill_now, main, protect_evaluator, report_progress, tail
 
 __all__ = ["FastOnly", "PyExperiment", "evaluate", "protect_evaluator", "run"]
 
@@ -622,6 +622,8 @@ def measure_all(session: Session, request: EvalRequest, cases: dict[str, tuple],
                                          spec.batch_timeout)
                     samples[case][worker.name].append(used / r / 1e3)
         rounds += n
+        report_progress(measure.progress(samples, refs, acceptance, request.lower_is_better,
+                                         rounds, candidate=cand, primary=primary))
     share = {w.name: round(max(overhead[w.name] / (min(samples[c][w.name]) * 1e3
                                                    * reps[c][w.name]) for c in cases), 5)
              for w in workers}

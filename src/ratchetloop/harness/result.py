@@ -22,11 +22,13 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from ..evaluate import EvalRequest, EvalResult, Failure
 from ..seccomp import make_undumpable
+from ..status import TimingProgress
 
 DETAIL_LIMIT = 3000
 
@@ -111,6 +113,19 @@ def emit(result: EvalResult) -> None:
     while view:
         view = view[os.write(fd, view):]
     os.close(fd)
+
+
+def report_progress(progress: TimingProgress) -> None:
+    """One progress line on the result channel while timing (the loop's live view reads
+    it; evaluate.parse_result sets such lines aside): display only, never a verdict. Run
+    by hand there is no channel, and nothing is said."""
+    fd = result_fd()
+    if fd is None:
+        return
+    try:
+        os.write(fd, (json.dumps({"progress": asdict(progress)}) + "\n").encode("utf-8"))
+    except OSError:
+        pass  # the live view misses a line; the measurement goes on
 
 
 def failed(exc: HarnessFailure, unit: str = "us", **extra: object) -> EvalResult:

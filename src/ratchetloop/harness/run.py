@@ -23,7 +23,7 @@ from ..files import read_text_or_empty
 from . import cbuild
 from .cases import case_params, primary_case, read_contract
 from .cbuild import CTarget, Impl
-from .result import HarnessFailure, clip, one_line, tail
+from .result import HarnessFailure, clip, one_line, report_progress, tail
 from .timing import BenchProcess, measure
 
 # Sanitizer runtime settings. No RLIMIT_AS (ASan reserves terabytes of virtual memory);
@@ -233,7 +233,8 @@ def evaluate(request: EvalRequest, spec: CExperiment, workdir: Path | None = Non
                              max_batches=spec.max_batches, clock=spec.clock,
                              primary=primary_case(contract, request.cases),
                              check=request.validate_candidate,
-                             command_timeout=spec.bench_command_timeout)
+                             command_timeout=spec.bench_command_timeout,
+                             progress=report_progress)
         finally:
             bench.close()
             if bench.stderr:

@@ -18,13 +18,15 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
 
 from ..experiment import Acceptance
 from ..measure import next_batch
+from ..measure import progress as measure_progress
+from ..status import TimingProgress
 from .result import HarnessFailure, kill_now, tail
 
 
@@ -164,6 +166,7 @@ def measure(
     primary: str | None = None,
     check: bool = True,
     command_timeout: float = 120.0,
+    progress: Callable[[TimingProgress], None] | None = None,
 ) -> Timing:
     """Start the workers, check every implementation in full, calibrate, then sample in
     sequential batches (every call of every batch checked by the driver).
@@ -172,7 +175,9 @@ def measure(
     With references, keeps adding batches while `needs_more_rounds` says the candidate vs
     ANY reference is still unsure (on the primary case if given, else the suite total),
     bounded by max_rounds/max_seconds. Without references (seeding a baseline) it takes
-    `min_rounds` rounds (rounded up to whole batches) of the candidate alone.
+    `min_rounds` rounds (rounded up to whole batches) of the candidate alone. `progress`
+    hears after each batch where the sampling stands (the live view; eval.py passes
+    result.report_progress); it never changes what is sampled or decided.
     """
     start = time.monotonic()
     impl_names = [name for name, _ in impls]
@@ -226,6 +231,9 @@ def measure(
             raise HarnessFailure("harness_error", "benchmark driver returned the wrong number "
                                  "of samples", phase="benchmark")
         batches.append({"rounds": n, "seconds": round(time.monotonic() - t0, 4)})
+        if progress is not None:  # display only: the next batch is chosen as before
+            progress(measure_progress(samples, refs, acceptance, lower_is_better, rounds,
+                                      candidate=cand, primary=primary))
     return Timing(samples=samples, rounds=rounds, reps=reps, calibration_us=calib,
                   seconds=time.monotonic() - start, stop_reason=stop, batches=batches,
                   batches_per_sample=per_sample, ipc_us=ipc)

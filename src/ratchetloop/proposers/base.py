@@ -133,6 +133,9 @@ class BaseProposer:
     # The run's spending limits, checked before each request is sent (budget.py); the
     # loop attaches one at load time.
     budget: Budget | None = None
+    # Whether any request got through: a server that never answered stops the run
+    # (retry.send_dropping_temperature), one that answered before is a recorded failure.
+    reached: bool = False
 
     def propose(self, prompt: str) -> Proposal:  # pragma: no cover - abstract
         raise NotImplementedError

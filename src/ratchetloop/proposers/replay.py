@@ -10,8 +10,15 @@ from ..errors import RatchetError
 from .base import BaseProposer, Feedback, Proposal, Usage
 
 
+class ScriptExhausted(RatchetError):
+    """The script has no reply left: the run ends normally, with this as its stop reason."""
+
+    stop_quietly = True
+
+
 class ReplayProposer(BaseProposer):
-    """Answers each prompt with the next scripted reply; runs out with a clear error."""
+    """Answers each prompt with the next scripted reply; when it runs out, the run stops
+    with its summary."""
 
     answers_follow_ups = True  # the next scripted reply answers whatever is asked
 
@@ -35,7 +42,7 @@ class ReplayProposer(BaseProposer):
     def propose(self, prompt: str) -> Proposal:
         self.prompts.append(prompt)
         if not self.replies:
-            raise RatchetError("replay script exhausted: no more scripted replies")
+            raise ScriptExhausted("replay script exhausted: no more scripted replies")
         reply = self.replies[0]
         usage = Usage(**reply.get("usage", {})) if isinstance(reply, dict) else Usage()
         if self.budget is not None and self.budget.limited:

@@ -140,9 +140,10 @@ def call_sdk(proposer: Any, sdk: ModuleType, create: Callable[..., Any],
             budget.hold(estimate)
         raise Transient("timeout",
                         f"{proposer.name}: no reply within {proposer.timeout:g}s") from None
-    except sdk.APIConnectionError:
-        raise Transient("connection_error",
-                        f"{proposer.name}: cannot connect to {proposer.client.base_url}") from None
+    except sdk.APIConnectionError as exc:
+        cause = f" ({one_line(str(exc.__cause__), limit=80)})" if exc.__cause__ else ""
+        raise Transient("connection_error", f"{proposer.name}: cannot connect to"
+                        f" {proposer.client.base_url}{cause}") from None
     except sdk.APIStatusError as exc:
         if exc.status_code == 400 and "temperature" in body and about_temperature(exc):
             raise
@@ -159,23 +160,30 @@ def send_dropping_temperature(proposer: Any, body: dict[str, Any],
                               bad_request: type[Exception]) -> str:
     """Send `body` under the retry policy. `send` lets through only a 400 about temperature:
     then say so, drop it for this and later calls, and send once more. Any other refusal
-    stops the run with one line; a failure after retries is recorded with its request."""
+    stops the run with one line; a failure after retries is recorded with its request,
+    except that a server never reached (connection refused, name not resolved) stops the
+    run too: every later request would fail the same way."""
     key = (getattr(proposer, "_key", None),)
     try:
         try:
-            return proposer.retry.run(lambda: send(body))
+            text = proposer.retry.run(lambda: send(body))
         except bad_request:
             proposer.notify(f"{proposer.name}: model does not accept temperature;"
                             " retrying without it")
             proposer.temperature = None
             body.pop("temperature", None)
-            return proposer.retry.run(lambda: send(body))
+            text = proposer.retry.run(lambda: send(body))
     except bad_request as exc:
         raise ProposerError(f"{proposer.name} refused the request (400): "
                             f"{one_line(server_message(exc), key)}") from None
     except ProposalFailed as exc:
+        if exc.kind == "connection_error" and not getattr(proposer, "reached", False):
+            raise ProposerError(f"{exc}: nothing answers there; start the server or fix the"
+                                " URL (the run stops instead of recording failures)") from None
         exc.request = body
         raise
+    proposer.reached = True  # from now on a lost connection is one recorded failure
+    return text
 
 
 def one_line(text: str, secrets: tuple[str | None, ...] = (), limit: int = 240) -> str:

@@ -97,13 +97,23 @@ class TunerProposer(BaseProposer):
                 continue
             self.tried[key] = None
             self.pending[trial.number] = trial
-            source = self.template.render(dict(trial.params))
+            source = self.render(dict(trial.params))
             knobs = ", ".join(f"{k}={v}" for k, v in trial.params.items())
             text = f"```{self.experiment.target.language}\n{source.rstrip()}\n```\nNote: {knobs}\n"
             return Proposal(text=text, usage=Usage(), model=self.name,
                             meta={"knobs": dict(trial.params), "trial": trial.number})
         raise TunerExhausted(
             f"tuner has tried all {self.size} knob combinations of {self.experiment.name}")
+
+    def render(self, params: dict[str, Any]) -> str:
+        """The experiment's template is its own code: a failure there is a setup error to
+        name (e.g. knobs in experiment.json that template.py does not know), not a crash."""
+        try:
+            return str(self.template.render(params))
+        except Exception as exc:
+            raise RatchetError(
+                f"{self.experiment.path(self.experiment.template or 'template.py')}:"
+                f" render({params}) failed: {type(exc).__name__}: {exc}") from None
 
     def observe(self, proposal: Proposal, feedback: Feedback) -> None:
         trial = self.pending.pop(proposal.meta.get("trial", -1), None)
