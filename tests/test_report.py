@@ -33,6 +33,7 @@ from ratchetloop.loop import Options, QuietReporter, run_loop
 from ratchetloop.proposers.replay import ReplayProposer
 from ratchetloop.proposers.tuner import TunerProposer
 from ratchetloop.report import data as report_data
+from ratchetloop.report import html as report_html
 from ratchetloop.report.html import PANELS
 from ratchetloop.report.style import FIXED
 
@@ -256,6 +257,9 @@ def test_report_data_of_the_generic_run(generic) -> None:
     assert "-    base = 10" in (first.diff or "") and "+    return 5" in (first.diff or "")
     assert "-    return 5" in (second.diff or "") and "+    return 3" in (second.diff or "")
     assert data.heatmap.speedup[0] == [2.0] and data.heatmap.holds == [[False], [True]]
+    # every metric is shown: the built-in ones measured outside the command, per winner
+    assert first.metrics["wall_seconds"] > 0 and first.metrics["peak_rss_mb"] > 0
+    assert '<th class="metric">wall_seconds</th>' in report_html.render(data)
     kinds = {b.kind for b in data.failures}
     assert {"outside_editable", "crash"} <= kinds
 

@@ -66,6 +66,7 @@ class Winner:
     cases_won: list[str]
     previous: str  # the best it is diffed against ("seed" for the first)
     diff: str | None  # unified diff against `previous`; None when a source is unavailable
+    metrics: dict[str, float] = field(default_factory=dict)  # named metrics (generic mode)
 
 
 @dataclass(frozen=True)
@@ -267,7 +268,8 @@ def _winners(exp: Experiment, sc: scores_mod.Scores) -> list[Winner]:
             iteration=row.iteration, commit=row.commit, kind=row.kind,
             is_current_best=row.commit == sc.best_commit, note=row.note, model=row.model,
             timestamp=row.timestamp, score=row.score, ratio=row.ratio, ci=row.ci,
-            cases_won=list(row.cases_won), previous=previous, diff=diff))
+            cases_won=list(row.cases_won), previous=previous, diff=diff,
+            metrics=dict(row.metrics)))
         if row.kind == "best":
             previous = row.commit
     return out

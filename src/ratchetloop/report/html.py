@@ -115,8 +115,11 @@ def _winners(data: ReportData) -> str:
     if not data.winners:
         return head + '<p class="no-winners">No winner yet: nothing was proven better than the'\
                       " seed.</p>"
+    names = sorted({name for w in data.winners for name in w.metrics})  # secondary metrics
     rows = ["<table class=\"winners\"><thead><tr><th>#</th><th>commit</th><th>role</th>"
-            "<th>score</th><th>ratio [CI]</th><th>model</th><th>note</th></tr></thead><tbody>"]
+            "<th>score</th><th>ratio [CI]</th>"
+            + "".join(f'<th class="metric">{escape(n)}</th>' for n in names)
+            + "<th>model</th><th>note</th></tr></thead><tbody>"]
     unit = f" {escape(data.unit)}" if data.unit else ""
     for w in data.winners:
         role = "best" if w.is_current_best else ("former best" if w.kind == "best"
@@ -128,12 +131,18 @@ def _winners(data: ReportData) -> str:
             f'<tr class="winner-row {kind}" data-commit="{escape(w.commit)}">'
             f"<td>{w.iteration}</td><td><code>{escape(w.commit)}</code></td>"
             f'<td>{escape(role)}</td><td class="num">{w.score:.6g}{unit}</td>'
-            f'<td class="num">{_ratio(w)}</td><td>{escape(w.model)}</td>'
-            f'<td class="note">{escape(w.note)}</td></tr>')
-        rows.append(f'<tr class="winner-diff"><td></td><td colspan="6"><details><summary>diff'
+            f'<td class="num">{_ratio(w)}</td>'
+            + "".join(f'<td class="num metric">{_number(w.metrics.get(n))}</td>' for n in names)
+            + f'<td>{escape(w.model)}</td><td class="note">{escape(w.note)}</td></tr>')
+        rows.append(f'<tr class="winner-diff"><td></td><td colspan="{6 + len(names)}"><details>'
+                    "<summary>diff"
                     f" against {escape(w.previous)}</summary>{_diff(w.diff)}</details></td></tr>")
     rows.append("</tbody></table>")
     return head + "".join(rows)
+
+
+def _number(value: float | None) -> str:
+    return "" if value is None else f"{value:.6g}"
 
 
 def _diff(diff: str | None) -> str:
