@@ -64,26 +64,19 @@ def test_status_of_a_real_run_while_it_runs_and_after(fib: Path) -> None:
     model = write_replay(fib.parent.parent / "replay.json",
                          [reply(ITERATIVE, note="iterate"), reply(slow_fib(3), note="slow")])
     assert "no run recorded" in status_lines(fib, "fib")
-    gate = benchlock.bench_lock("test-gate")
-    gate.__enter__()
-    proc = start_run(fib, model, 2)
-    try:
-        wait_for(proc, lambda: phase_of(fib, proc.pid, "measuring seed baseline"))
-        out = status_lines(fib, "fib")
-        assert f"fib: running (pid {proc.pid}, replay:replay.json, elapsed 0:" in out, out
-        assert "setup: measuring seed baseline" in out
-        assert f"fib: running (pid {proc.pid}" in status_lines(fib.parent.parent)  # the list
-        gate.__exit__(None, None, None)
-        # the run takes the lock to time the seed; the gate is taken back after that
-        wait_for(proc, lambda: (benchlock.read_holder() or {}).get("pid") == proc.pid)
-        gate = benchlock.bench_lock("test-gate", on_wait=lambda message: None)
-        gate.__enter__()
+    # measure the seed first (`--until 0` runs no iteration), so that with the lock held the
+    # next run stops at its first evaluation -- never racing the test for the lock between
+    # the seed and the first iteration
+    seeded = run_ratchet("run", str(fib), "--model", model, "--until", "0", cwd=fib)
+    assert seeded.returncode == 0, seeded.stderr
+    with benchlock.bench_lock("test-gate"):
+        proc = start_run(fib, model, 2)
         st = wait_for(proc, lambda: phase_of(fib, proc.pid, "evaluating"))
         out = status_lines(fib, "fib")
+        assert f"fib: running (pid {proc.pid}, replay:replay.json, elapsed 0:" in out, out
         assert f"iteration {st['k']}/2 (attempt #{st['iteration']}): evaluating" in out, out
-        assert "best: " in out and "usage: 0 tokens, $0.000000" in out
-    finally:
-        gate.__exit__(None, None, None)
+        assert st["k"] == 1 and "best: " in out and "usage: 0 tokens, $0.000000" in out
+        assert f"fib: running (pid {proc.pid}" in status_lines(fib.parent.parent)  # the list
     out_, err = proc.communicate(timeout=DEADLINE)
     assert proc.returncode == 0, err
     out = status_lines(fib, "fib")

@@ -172,8 +172,9 @@ def find_experiment_dir(name_or_path: str, start: Path | None = None,
     A name is looked up as experiments/<name> and .ratchet/<name> in `root` (--root, default
     $RATCHET_ROOT) when one is given -- an explicit choice wins, so `--root` cannot be
     shadowed by a same-named experiment where the command happens to start -- then in the
-    current directory (`start`) and its parents up to the enclosing git repository's top. Never in ratchetloop's own folder: a loop started
-    outside a project must not run, and commit, inside the clone it was installed from.
+    current directory (`start`) and its parents up to the enclosing git repository's top.
+    Never in ratchetloop's own folder: a loop started outside a project must not run, and
+    commit, inside the clone it was installed from.
     """
     candidate = Path(name_or_path)
     if (candidate / "experiment.json").is_file():

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from ..errors import RatchetError
@@ -22,16 +23,18 @@ from .contract import GenericSpec
 
 ENV = "RATCHET_TRIAL_SECONDS"
 TIMEOUT_EXIT = 124  # what budgeted.py exits with when it had to stop the command
+WRAPPER = (Path(__file__).with_name("budgeted.py")).read_text(encoding="utf-8")
 
 
 def argv(command: str, spec: GenericSpec) -> list[str]:
     """The command line: under generic/budgeted.py (SIGTERM to the command's group at T,
     then waits for the group) when a budget is set; -I so nothing in the run's directory
-    or environment can stand in for the wrapper."""
+    or environment can stand in for the wrapper. The wrapper's source goes in with -c (it
+    is standard library only): the sandbox may hide where ratchetloop is installed, e.g.
+    a checkout under the private /tmp, so it cannot be imported there by name."""
     if spec.trial_seconds is None:
         return ["/bin/sh", "-c", command]
-    return [sys.executable, "-I", "-m", "ratchetloop.generic.budgeted",
-            f"{spec.trial_seconds:g}", command]
+    return [sys.executable, "-I", "-c", WRAPPER, f"{spec.trial_seconds:g}", command]
 
 
 def env(spec: GenericSpec) -> dict[str, str]:

@@ -9,11 +9,13 @@ limits, layers and result built here. Waits are events (pidfds), never sleep-pol
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import resource
 import select
 import signal
+import site
 import subprocess
 import sys
 import tempfile
@@ -87,6 +89,7 @@ def keep_paths(run_env: Mapping[str, str], argv: Sequence[str], extra: Sequence[
              os.path.dirname(os.path.realpath(sys.executable)),
              os.path.dirname(os.path.dirname(os.path.realpath(sys.executable)))}
     paths.update(p for p in run_env.get("PYTHONPATH", "").split(os.pathsep) if p)
+    paths.update(pth_dirs())
     if argv and os.path.isabs(argv[0]):
         exe = os.path.realpath(argv[0])
         parent = os.path.dirname(exe)
@@ -95,6 +98,29 @@ def keep_paths(run_env: Mapping[str, str], argv: Sequence[str], extra: Sequence[
     real = {os.path.realpath(p) for p in paths if p and os.path.exists(p)}
     real = {p for p in real if not any(_under(h, p) for h in homes)}
     return sorted(p for p in real if not any(q != p and _under(p, q) for q in real))
+
+
+@functools.cache
+def pth_dirs() -> tuple[str, ...]:
+    """Directories the interpreter's site-packages add to its path through .pth files: an
+    editable install's source, or another environment's packages. They must stay reachable
+    like the environment itself, or a sandboxed python cannot import what ours can (a
+    checkout or venv under /tmp is hidden by the private /tmp otherwise)."""
+    found: list[str] = []
+    for site_dir in site.getsitepackages():
+        for pth in sorted(Path(site_dir).glob("*.pth")):
+            try:
+                lines = pth.read_text(encoding="utf-8", errors="replace").splitlines()
+            except OSError:
+                continue
+            for line in lines:
+                line = line.strip()
+                if not line or line.startswith(("#", "import ", "import\t")):
+                    continue
+                folder = os.path.join(site_dir, line)  # an absolute line stays as it is
+                if os.path.isdir(folder):
+                    found.append(os.path.realpath(folder))
+    return tuple(found)
 
 
 def rlimit_values(limits: Limits, cgroup: Group | None) -> list[tuple[int, int]]:
@@ -200,8 +226,9 @@ def _follow(fd: int | None, on_line: Callable[[bytes], None] | None) -> Iterator
 
     def follow() -> None:
         offset, pending = 0, b""
-        while not stop.wait(FOLLOW_PERIOD):
-            try:
+        while True:
+            done = stop.wait(FOLLOW_PERIOD)  # one last look after the command ended:
+            try:  # the lines written since the previous look are heard too
                 chunk = os.pread(fd, 1 << 16, offset)
             except OSError:
                 return
@@ -212,7 +239,7 @@ def _follow(fd: int | None, on_line: Callable[[bytes], None] | None) -> Iterator
                     on_line(line)
                 except Exception:  # noqa: BLE001 - a display fault never stops a run
                     pass
-            if offset > RESULT_CAP:
+            if done or offset > RESULT_CAP:
                 return
 
     thread = threading.Thread(target=follow, name="ratchet-follow-result", daemon=True)
