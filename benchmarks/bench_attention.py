@@ -34,19 +34,13 @@ torch needs the optional extra: `pip install -e '.[bench]'` (a CPU wheel of torc
 
 from __future__ import annotations
 
-import os
-import sys
-
-if "--compare" in sys.argv:  # the fresh process: BLAS single-threaded before any import
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = "1"
-
 import argparse  # noqa: E402
 import ctypes  # noqa: E402
-import importlib.util  # noqa: E402
 import json  # noqa: E402
+import os  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
+import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable, Iterator  # noqa: E402
@@ -55,11 +49,11 @@ from pathlib import Path  # noqa: E402
 from types import ModuleType  # noqa: E402
 from typing import Any  # noqa: E402
 
+import kernelbench as kb  # first: pins BLAS to one thread, unsets OPENBLAS_CORETYPE/L2_SIZE
 import numpy as np  # noqa: E402
 
 from ratchetloop.benchlock import bench_lock  # noqa: E402
 from ratchetloop.harness import cbuild  # noqa: E402
-from ratchetloop.harness.cbuild import Impl  # noqa: E402
 from ratchetloop.harness.timing import BenchProcess  # noqa: E402
 
 EXP = Path(__file__).resolve().parents[1] / "experiments" / "attention"
@@ -70,11 +64,7 @@ Suite = list[tuple[str, list[int]]]
 
 
 def load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"attention_{name}", EXP / f"{name}.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return kb.load(EXP / f"{name}.py", f"attention_{name}")
 
 
 EVAL = load("eval")
@@ -109,48 +99,20 @@ def case_bytes(params: list[int]) -> float:
 
 def build(sources: list[tuple[str, str]], work: Path, tag: str) -> cbuild.Build:
     """One driver and one optimised worker per source (index 0 plays 'candidate')."""
-    folder = work / tag
-    folder.mkdir(parents=True)
-    impls = []
-    for i, (name, text) in enumerate(sources):
-        path = folder / f"impl{i}.c"
-        path.write_text(text)
-        impls.append(Impl("candidate" if i == 0 else name, path))
-    shapes = folder / "attn_shapes.c"
+    shapes = work / f"{tag}-attn_shapes.c"
+    shapes.parent.mkdir(parents=True, exist_ok=True)
     shapes.write_text(EVAL.shapes_source([]))
-    return cbuild.build(EVAL.SPEC.target, impls, [EXP / "driver.c", shapes], folder / "b",
-                        check=False)
+    return kb.build(EVAL.SPEC.target, [EXP / "driver.c", shapes], sources, work / tag)
 
 
 def start(built: cbuild.Build, work: Path, suite: Suite, calibrate: str
           ) -> tuple[BenchProcess, dict[str, int]]:
     """Workers started, cases added, results checked in full, calibrated; the bench and
     each case's batches per sample."""
-    bench = BenchProcess(built.driver, cwd=work)
-    answers = []
-    for w in built.workers:
-        answers += bench.command(f"impl {w.name} {w.binary}", 60)
-    answers += bench.command("seed 7", 60)
-    for name, params in suite:
-        answers += bench.command(f"case {name} " + " ".join(map(str, params)), 60)
-    answers += bench.command("check", 900)
-    cal = bench.command(f"calibrate {calibrate}", 900)
-    bad = [a for a in answers + cal if a.startswith("fail")]
-    if bad:
-        bench.close()
-        raise SystemExit(f"result check failed: {bad[:3]}")
+    bench, cal = kb.start_calibrated(built, work, suite, calibrate)
     batches = {suite[int(line.split()[1])][0]: int(line.split()[4])
                for line in cal if line.startswith("reps ")}
     return bench, batches
-
-
-def rounds(bench: BenchProcess, n: int, suite: Suite, names: list[str]
-           ) -> dict[str, dict[str, list[float]]]:
-    out: dict[str, dict[str, list[float]]] = {c: {m: [] for m in names} for c, _ in suite}
-    for line in bench.command(f"rounds {n}", 3600):
-        _, ci, impl, us = line.split()
-        out[suite[int(ci)][0]][names[int(impl)]].append(float(us))
-    return out
 
 
 TIMING_CPU = 1  # the timing phases run on this CPU only (builds use every CPU)
@@ -194,7 +156,7 @@ def search(work: Path, suite: Suite, n: int, mode: str) -> dict[str, Any]:
             names = [label[i] for i in group]
             bench, _ = start(built, work, suite, "500 1 3000 2")
             try:
-                samples = rounds(bench, n, suite, names)
+                samples = kb.rounds(bench, n, suite, names)
             finally:
                 bench.close()
             for case, by in samples.items():
@@ -561,7 +523,7 @@ def compare(chosen: dict[str, Any], n_rounds: int) -> None:
             c: {m: [] for m in names + [r.name for r in refs[c]]} for c, _ in suite}
         try:
             for _ in range(n_rounds):
-                for case, by in rounds(bench, 1, suite, names).items():
+                for case, by in kb.rounds(bench, 1, suite, names).items():
                     for m in names:
                         samples[case][m] += by[m]
                 for case, _ in suite:

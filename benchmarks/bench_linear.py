@@ -23,7 +23,13 @@ from pathlib import Path  # noqa: E402
 
 import kernelbench as kb  # first: pins BLAS to one thread, unsets OPENBLAS_CORETYPE/L2_SIZE
 import numpy as np  # noqa: E402
-from bench_roofline import LINEAR, linear_numpy, linear_shortlist, linear_suite  # noqa: E402
+from bench_roofline import (  # noqa: E402
+    LINEAR,
+    experiment,
+    linear_numpy,
+    linear_shortlist,
+    linear_suite,
+)
 
 from ratchetloop.benchlock import bench_lock  # noqa: E402
 
@@ -44,27 +50,9 @@ def main() -> None:
     print(kb.blas_info() + f"; numpy {np.__version__}")
     with bench_lock("linear-bench"), tempfile.TemporaryDirectory(prefix="bench-linear-") as t:
         work = Path(t)
-        built = kb.build(target, [LINEAR / "driver.c"],
-                         [(f"t{i}", template.render(c)) for i, c in enumerate(combos)],
-                         work / "search")
-        bench = kb.start(built, work, suite, "500 1")
-        try:
-            found = kb.rounds(bench, args.search_rounds, suite, built.impl_names)
-        finally:
-            bench.close()
-        knobs = combos[built.impl_names.index(kb.pick_best(found, built.impl_names))]
-        print(f"searched {len(combos)} combinations x {args.search_rounds} rounds; best: "
-              + ", ".join(f"{k}={v}" for k, v in knobs.items()))
-        built = kb.build(target, [LINEAR / "driver.c"],
-                         [("tuned", template.render(knobs)),
-                          ("naive", (LINEAR / "naive.c").read_text())], work / "measure")
-        bench = kb.start(built, work, suite)
-        rng = np.random.default_rng(0)
-        refs = {case: linear_numpy(params, rng) for case, params in suite}
-        try:
-            s = kb.interleaved(bench, suite, ["tuned", "naive"], args.rounds, refs)
-        finally:
-            bench.close()
+        knobs, s = experiment("linear", target, [LINEAR / "driver.c"],
+                              (LINEAR / "naive.c").read_text(), template, combos, suite,
+                              linear_numpy, work, args)
     print(f"re-measured in a fresh driver: {args.rounds} interleaved rounds, medians (us)")
     print(f"{'case':<15}{'shape BTxC->OC':>18}{'naive us':>11}{'tuned us':>10}"
           f"{'speedup':>9}{'numpy us':>10}{'tuned/numpy':>12}")

@@ -92,7 +92,7 @@ def seeded_state(runs: Runs, level: float) -> trials.TrialState:
 
 def known(runs: Runs, state: trials.TrialState, cand: float, inc: float, inc_key: str,
           cand_key: str, acc: Acceptance) -> tuple[bool, int]:
-    """One known-noise evaluation: (accepted, runs taken, incumbent re-runs included)."""
+    """One known-noise evaluation: (accepted, runs taken), the incumbent's re-runs counted."""
     start = runs.clock.seconds
     trial = trials.evaluate(state, inc_key, cand_key, acc, True, runs.of(cand), runs.of(inc),
                             lambda: runs.clock.seconds - start)

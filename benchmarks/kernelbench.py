@@ -1,5 +1,5 @@
-"""Shared pieces of the kernel benchmarks (bench_linear, bench_roofline): host limits
-measured in C, C implementations timed interleaved under one harness driver, and the
+"""Shared pieces of the kernel benchmarks (bench_linear, bench_roofline, bench_attention):
+host limits measured in C, C implementations timed interleaved under one harness driver, and the
 single-threaded BLAS reference timed the same way (one per-call time per round, median of
 the rounds for every implementation).
 
@@ -230,6 +230,12 @@ def build(target: cbuild.CTarget, drivers: Sequence[Path], sources: list[tuple[s
 def start(built: cbuild.Build, work: Path, suite: Suite,
           calibrate: str = "2000 2 6000 3") -> BenchProcess:
     """Workers started, cases added, every result checked in full, calibrated."""
+    return start_calibrated(built, work, suite, calibrate)[0]
+
+
+def start_calibrated(built: cbuild.Build, work: Path, suite: Suite,
+                     calibrate: str) -> tuple[BenchProcess, list[str]]:
+    """start(), also returning the driver's answers to the calibrate command."""
     bench = BenchProcess(built.driver, cwd=work)
     answers: list[str] = []
     for w in built.workers:
@@ -238,12 +244,12 @@ def start(built: cbuild.Build, work: Path, suite: Suite,
     for name, params in suite:
         answers += bench.command(f"case {name} " + " ".join(map(str, params)), 60)
     answers += bench.command("check", 900)
-    answers += bench.command(f"calibrate {calibrate}", 900)
-    bad = [a for a in answers if a.startswith("fail")]
+    cal = bench.command(f"calibrate {calibrate}", 900)
+    bad = [a for a in answers + cal if a.startswith("fail")]
     if bad:
         bench.close()
         raise SystemExit(f"result check failed: {bad[:3]}")
-    return bench
+    return bench, cal
 
 
 def rounds(bench: BenchProcess, n: int, suite: Suite, names: list[str]) -> Samples:

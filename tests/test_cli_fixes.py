@@ -102,17 +102,21 @@ def test_history_survives_interrupted_and_unknown_statuses(fib: Path) -> None:
 # ------------------------------------------------------------------ 2. piped output
 
 
+def piped_to(target: Path, *args: str) -> str:
+    """`ratchet ARGS > target` (stdout a file, not a terminal); the file's text."""
+    with target.open("w") as fh:
+        proc = subprocess.run([RATCHET, *args], stdout=fh, stderr=subprocess.PIPE, text=True,
+                              timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return target.read_text()
+
+
 def test_scores_piped_to_a_file_is_valid_markdown(fib_won_shared: tuple[Path, str],
                                                   tmp_path: Path) -> None:
     """Old code printed through rich, which wraps at 80 columns when not on a terminal:
     the long note broke the table row in two."""
     fib, sha = fib_won_shared
-    out_file = tmp_path / "s.md"
-    with out_file.open("w") as fh:
-        proc = subprocess.run([*ratchet_cmd(), "scores", str(fib)], stdout=fh,
-                              stderr=subprocess.PIPE, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    text = out_file.read_text()
+    text = piped_to(tmp_path / "s.md", "scores", str(fib))
     assert "\x1b" not in text
     tokens = MarkdownIt("commonmark").enable("table").parse(text)
     rows = [t for t in tokens if t.type == "tr_open"]
@@ -128,11 +132,7 @@ def test_best_piped_to_a_file_builds(fib_won_shared: tuple[Path, str],
     comment, so the file did not compile."""
     fib, _ = fib_won_shared
     target = tmp_path / "k.py"
-    with target.open("w") as fh:
-        proc = subprocess.run([*ratchet_cmd(), "best", str(fib)], stdout=fh,
-                              stderr=subprocess.PIPE, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    source = target.read_text()
+    source = piped_to(target, "best", str(fib))
     compile(source, str(target), "exec")
     assert LONG_NOTE in source.splitlines()[0] and ITERATIVE.strip() in source
 
@@ -145,10 +145,7 @@ def test_best_of_linear_piped_compiles_with_gcc(exp_repo: Callable[..., Path],
     naive = (linear / "naive.c").read_text()
     one_run(linear, [f"```c\n{naive}\n```\nNote: the seed again */ [sic]\n"])  # a duplicate
     target = tmp_path / "k.c"
-    with target.open("w") as fh:
-        proc = subprocess.run([*ratchet_cmd(), "best", str(linear)], stdout=fh,
-                              stderr=subprocess.PIPE, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr
+    piped_to(target, "best", str(linear))
     built = subprocess.run(["gcc", "-c", str(target), "-o", str(tmp_path / "k.o")],
                            capture_output=True, text=True)
     assert built.returncode == 0, built.stderr + target.read_text()[:300]
@@ -159,10 +156,6 @@ def test_best_of_linear_piped_compiles_with_gcc(exp_repo: Callable[..., Path],
     assert built.returncode == 0 and "*/" not in header[3:-3], built.stderr
 
 
-def ratchet_cmd() -> list[str]:
-    return [RATCHET]
-
-
 # ------------------------------------------------------------------ 3. exit codes
 
 
@@ -170,7 +163,7 @@ def test_ctrl_c_exits_130_after_the_summary_and_history_still_works(fib: Path) -
     """Old code caught Ctrl-C inside the loop and exited 0; and the `interrupted` attempt
     it recorded made every later `ratchet history` crash."""
     with FakeModelServer([Reply(hang=True)]) as srv:
-        proc = subprocess.Popen([*ratchet_cmd(), "run", str(fib), "--model",
+        proc = subprocess.Popen([RATCHET, "run", str(fib), "--model",
                                  f"openai-compatible:fake@{srv.openai_base_url}", "--loop", "3"],
                                 cwd=fib, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True)

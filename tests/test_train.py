@@ -107,3 +107,14 @@ def test_sigterm_at_the_budget_still_scores_and_reports(tmp_path: Path) -> None:
     assert proc.returncode == 0 and report["stopped_early"] is True
     assert report["train_seconds"] < report["train_budget_seconds"]
     assert 0 < report["val_loss"] < 10
+
+
+def test_shipped_model_is_the_templates_seed_rendering() -> None:
+    """model.py is template.render(SEED): the tuner's seed is what the experiment ships."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_template", SHIPPED / "template.py")
+    assert spec is not None and spec.loader is not None
+    template = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(template)
+    assert (SHIPPED / "model.py").read_text() == template.render(template.SEED)

@@ -140,7 +140,7 @@ def run_eval(
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _progress_line(line: bytes) -> dict[str, Any] | None:
+def _progress_line(line: str | bytes) -> dict[str, Any] | None:
     """A harness progress line ({"progress": {...}}, harness.result.report_progress)."""
     try:
         doc = json.loads(line)
@@ -171,7 +171,7 @@ def parse_result(proc: sandbox.SandboxResult, request: EvalRequest | None = None
                        _tail(proc.stderr))
     # progress lines (display only) come before the one result document; set them aside
     text = "".join(line for line in (proc.result or b"").decode("utf-8", errors="replace")
-                   .splitlines(keepends=True) if _progress_line(line.encode()) is None)
+                   .splitlines(keepends=True) if _progress_line(line) is None)
     if not text.strip():
         if proc.signal:
             return _failed("crash", "crash", f"evaluator killed by signal {proc.signal}",

@@ -196,9 +196,10 @@ def find_experiment_dir(name_or_path: str, start: Path | None = None,
 
 def _search_bases(here: Path) -> list[Path]:
     """`here` and its parents up to the git work tree's top (only `here` outside git)."""
-    for i, base in enumerate([here, *here.parents]):
+    chain = [here, *here.parents]
+    for i, base in enumerate(chain):
         if (base / ".git").exists():
-            return [here, *here.parents][: i + 1]
+            return chain[: i + 1]
     return [here]
 
 

@@ -331,11 +331,6 @@ _UNSAFE_GIT_ENV = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_COMMON_DIR
                    "GIT_CONFIG_COUNT")
 
 
-def git_dir(repo: Path) -> Path:
-    """The repository's (per-worktree) git dir, absolute."""
-    return Path(git(repo, "rev-parse", "--absolute-git-dir").strip())
-
-
 def common_dir(repo: Path) -> Path:
     """The repository's (common) git dir, absolute."""
     common = Path(git(repo, "rev-parse", "--git-common-dir").strip())

@@ -190,7 +190,6 @@ def render(scores: Scores) -> str:
         lines.append(_row_line(r, seed, unit, lower, _label(scores, r), named))
     if scores.seed:
         lines.append(_row_line(scores.seed, seed, unit, lower, "seeded baseline winner", named))
-    if scores.seed:
         lines += ["", f"{WIN_LABEL}: the seed's median, timed alone on {scores.seed.timestamp},"
                       " over the row's, timed when it was accepted: not side by side (the"
                       " drift check is; the bracket after a note is its interval against the"

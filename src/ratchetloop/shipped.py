@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 
+from . import gitops
 from .errors import RatchetError
 from .files import atomic_write_text
 
@@ -62,9 +62,10 @@ def describe() -> list[str]:
 def git_toplevel(folder: Path) -> Path | None:
     """The git work tree `folder` (or its nearest existing parent) belongs to, if any."""
     probe = next(p for p in (folder, *folder.parents) if p.is_dir())
-    proc = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=probe,
-                          capture_output=True, text=True)
-    return Path(proc.stdout.strip()) if proc.returncode == 0 else None
+    try:
+        return gitops.repo_root(probe)
+    except RatchetError:
+        return None
 
 
 def new(name: str, dest: Path | None = None, cwd: Path | None = None) -> Path:
@@ -100,7 +101,7 @@ def new(name: str, dest: Path | None = None, cwd: Path | None = None) -> Path:
         copy.rename(target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    from . import __version__, gitops
+    from . import __version__
 
     gitops.commit_paths(repo, [target], f"Add experiment {target.name} (ratchet new {name},"
                         f" ratchetloop {__version__})")

@@ -23,8 +23,9 @@ The rule (on log values when every value is > 0, else on raw values)
   and no more than max_seconds pays for at the measured run cost). A commit needs
   `plan.confirm` more runs after the first (acceptance.confirm, when affordable), so an
   accept can only happen at looks k >= 1 + confirm. The accept side of alpha
-  (alpha/2, alpha = 1 - confidence) is spent over those looks as in measure.py
-  (power spending, t**2), so by the union bound a same-as-incumbent candidate is accepted
+  (alpha/2, alpha = 1 - confidence) is spent over those looks by power spending as in
+  measure.py (t**2, here t = the look's index over the number of accept looks, with no
+  early share), so by the union bound a same-as-incumbent candidate is accepted
   with probability <= alpha/2 whatever the stopping -- and "better" also needs the
   estimated gain to be at least min_effect.
 * Rejects cost power only: "worse" (confidently worse) and "same" (confidently short of
@@ -53,7 +54,15 @@ from pydantic import BaseModel, Field
 
 from .experiment import Acceptance
 from .files import atomic_write_json, read_model
-from .measure import REJECT_ALPHA, Comparison, Verdict, _stats, exact_comparison, paired_can_decide
+from .measure import (
+    REJECT_ALPHA,
+    SPENDING_POWER,
+    Comparison,
+    Verdict,
+    _stats,
+    exact_comparison,
+    paired_can_decide,
+)
 
 Mode = Literal["paired", "known_noise"]
 STATE = "trials.json"
@@ -187,7 +196,8 @@ def accept_alpha(k: int, plan: Plan, acc: Acceptance) -> float:
     if k not in looks:
         return 0.0
     j, total = looks.index(k) + 1, len(looks)
-    return (1 - acc.confidence) * ((j / total) ** 2 - ((j - 1) / total) ** 2)
+    return (1 - acc.confidence) * ((j / total) ** SPENDING_POWER
+                                   - ((j - 1) / total) ** SPENDING_POWER)
 
 
 def judge(cand: list[float], inc: list[float], noise: Noise | None, acc: Acceptance,
@@ -367,8 +377,8 @@ def evaluate(state: TrialState, incumbent_key: str, candidate_key: str, acc: Acc
         state.since_recheck = 0
     state.since_recheck += 1
     trial.incumbent = list(state.runs)
-    plan, noise = plan_for(acc, state.run_seconds()), state.noise()
-    cost = state.run_seconds() or 0.0
+    run_seconds, noise = state.run_seconds(), state.noise()
+    plan, cost = plan_for(acc, run_seconds), run_seconds or 0.0
     while True:
         value = run_candidate()
         if value is None:

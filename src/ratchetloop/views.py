@@ -89,7 +89,7 @@ def export_row(a: dict[str, Any]) -> dict[str, Any]:
 
 
 def export_rows(exp: Experiment) -> list[dict[str, Any]]:
-    return [export_row(a) for a in attempts(exp.root) if isinstance(a, dict)]
+    return [export_row(a) for a in attempts(exp.root)]
 
 
 def to_json(rows: list[dict[str, Any]]) -> str:
@@ -113,7 +113,7 @@ def run_dir(exp: Experiment, n: int) -> Path:
     folder = exp.path("runs", f"{n:04d}")
     if not folder.is_dir():
         known = sorted(a["iteration"] for a in attempts(exp.root)
-                       if isinstance(a, dict) and isinstance(a.get("iteration"), int))
+                       if isinstance(a.get("iteration"), int))
         hint = f" (recorded: {known[0]}..{known[-1]})" if known else " (no attempts recorded)"
         raise RatchetError(f"{exp.name} has no attempt {n}{hint}")
     return folder
@@ -212,9 +212,8 @@ def incumbent_at(exp: Experiment, n: int, when: str = "") -> tuple[str, str | No
     except RatchetError:
         return "unknown (SCORES.json unreadable)", None
     events = [(r.timestamp, r.commit) for r in sc.rows if r.kind == "best" and 0 < r.iteration < n]
-    rollbacks = getattr(sc, "rollbacks", None) or []  # `ratchet rollback` moves the incumbent
-    events += [(str(rb.timestamp), str(rb.to)) for rb in rollbacks
-               if when and str(rb.timestamp) < when]
+    # `ratchet rollback` moves the incumbent
+    events += [(rb.timestamp, rb.to) for rb in sc.rollbacks if when and rb.timestamp < when]
     # the latest by time; on a tie (same second) the one listed later: a rollback
     commit = max(enumerate(events), key=lambda e: (e[1][0], e[0]))[1][1] if events else "seed"
     return commit, winner_text(exp, commit)

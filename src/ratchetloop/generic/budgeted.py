@@ -1,6 +1,7 @@
-"""Run a command under a fixed time budget, inside the sandbox (generic/trialtime.py):
+"""Run a command under a fixed time budget, inside the sandbox (generic/trialtime.py
+passes this file's source with -c, as the sandbox may hide the installed package):
 
-    python -m ratchetloop.generic.budgeted <seconds> <shell command>
+    python -I -c <this source> <seconds> <shell command>
 
 The command runs in its own process group. At the budget the whole group gets SIGTERM and
 this waits until every process of the group is gone -- a training script that catches

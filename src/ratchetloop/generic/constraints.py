@@ -35,7 +35,7 @@ BUILTIN = ("wall_seconds", "cpu_seconds", "peak_rss_mb")
 PRIMARY = "metric"  # the primary metric's name in a constraint
 NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 CONSTRAINT = re.compile(
-    r"\s*(?P<name>[A-Za-z_][A-Za-z0-9_]*)\s*(?P<op><=|>=|<|>)\s*"
+    rf"\s*(?P<name>{NAME.pattern})\s*(?P<op><=|>=|<|>)\s*"
     r"(?P<bound>[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?)\s*")
 OPS: dict[str, Callable[[float, float], bool]] = {
     "<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt}

@@ -64,8 +64,7 @@ def evaluate(ws: GenericWorkspace, candidate_source: str, references: dict[str, 
     keys = {"candidate": trials.key_of(candidate_source), "best": trials.key_of(references["best"])}
     start = time.monotonic()
     with benchlock.bench_lock(exp.name):
-        trial = trials.evaluate(state, trials.key_of(references["best"]),
-                                trials.key_of(candidate_source), exp.acceptance,
+        trial = trials.evaluate(state, keys["best"], keys["candidate"], exp.acceptance,
                                 exp.lower_is_better, lambda: one("candidate"),
                                 lambda: one("best"), lambda: time.monotonic() - start)
     state.channel = ws.channel or state.channel

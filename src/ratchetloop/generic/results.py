@@ -92,17 +92,18 @@ class ResultsReporter:
 
     def _append(self, row: str) -> None:
         header = "\t".join(self.columns) + "\n"
-        if self.path.is_file():
-            first = self.path.read_text(encoding="utf-8").partition("\n")[0] + "\n"
-            if first == header:
-                with self.path.open("a", encoding="utf-8") as fh:
-                    fh.write(row)
-                return
-            old = read_rows(self.path)  # the contract's metrics changed: new header
-            lines = ["\t".join(r.get(c, "") for c in self.columns) + "\n" for r in old]
-            atomic_write_text(self.path, header + "".join(lines) + row, durable=False)
+        if not self.path.is_file():
+            atomic_write_text(self.path, header + row, durable=False)
             return
-        atomic_write_text(self.path, header + row, durable=False)
+        with self.path.open(encoding="utf-8") as fh:
+            first = fh.readline().rstrip("\n") + "\n"  # the header only, not the whole file
+        if first == header:
+            with self.path.open("a", encoding="utf-8") as fh:
+                fh.write(row)
+            return
+        old = read_rows(self.path)  # the contract's metrics changed: new header
+        lines = ["\t".join(r.get(c, "") for c in self.columns) + "\n" for r in old]
+        atomic_write_text(self.path, header + "".join(lines) + row, durable=False)
 
 
 def progress_line(iteration: int, scores: Scores, counts: dict[str, int]) -> str:

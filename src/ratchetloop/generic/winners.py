@@ -71,8 +71,9 @@ def rollback(exp: Experiment, commit: str | None) -> str:
         raise RatchetError(f"{target} is not an accepted winner of {exp.name}")
     repo = gitops.repo_root(exp.root)
     files = winner_files(exp, target)
+    written = _written(exp)
     changed = [rel for rel in files if gitops.is_dirty(repo, [repo / rel])
-               and _digest(repo / rel) != _written(exp).get(rel)]
+               and _digest(repo / rel) != written.get(rel)]
     if changed:  # the user's own edits; what an earlier rollback wrote may be replaced
         raise RatchetError(f"{', '.join(changed)} have uncommitted changes: commit or stash"
                            " first")
@@ -82,12 +83,17 @@ def rollback(exp: Experiment, commit: str | None) -> str:
         atomic_write_text(path, text)
         path.chmod(mode)  # the user's file keeps its permissions
     atomic_write_json(exp.path("rollback.json"),
-                      {"to": target, "files": {rel: _digest(repo / rel) for rel in files}})
+                      {"to": target, "files": {rel: _sha256(text.encode("utf-8"))
+                                                 for rel, text in files.items()}})
     return f"{', '.join(sorted(files))} restored to winner {target} (not committed)"
 
 
 def _digest(path: Path) -> str | None:
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+    return _sha256(path.read_bytes()) if path.is_file() else None
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def _written(exp: Experiment) -> dict[str, str]:

@@ -269,7 +269,7 @@ class GenericWorkspace:
                  run: RunRecord, follow_up: FollowUp | None) -> EvalResult:
         """Run; on a crash show the model the log tail and let it fix its idea (twice, when
         the proposer answers follow-ups); then the winner gate (plausibility, check)."""
-        self.flag, self.runs, self.progress = None, {}, run.progress
+        self.flag, self.progress = None, run.progress  # run_eval resets self.runs
         result = self.run_eval(self.exp, candidate.source, references, seed=n)
         for attempt in range(1, self.spec.fix_attempts + 1):
             f = result.failure
@@ -300,7 +300,6 @@ class GenericWorkspace:
 
     def baseline(self, source: str, references: dict[str, str], *, seed: int,
                  validate: bool = True) -> EvalResult:
-        self.runs = {}
         result = self._with_metrics(self.run_eval(self.exp, source, references, seed=seed,
                                                   validate=validate))
         rules = self.spec.parsed_constraints()

@@ -48,9 +48,8 @@ class ReplayProposer(BaseProposer):
         if self.budget is not None and self.budget.limited:
             self.budget.check(usage, self.name)  # the scripted usage is the exact estimate
         self.replies.pop(0)
-        if isinstance(reply, dict):
-            return Proposal(text=reply["text"], usage=usage, model=self.name)
-        return Proposal(text=reply, usage=usage, model=self.name)
+        text = reply["text"] if isinstance(reply, dict) else reply
+        return Proposal(text=text, usage=usage, model=self.name)
 
     def observe(self, proposal: Proposal, feedback: Feedback) -> None:
         self.feedback.append(feedback)

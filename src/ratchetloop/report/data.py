@@ -9,7 +9,6 @@ wrong type, or a status this version does not know, is shown as it is, never a c
 from __future__ import annotations
 
 import difflib
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from .. import runs as runs_mod
 from .. import scores as scores_mod
 from ..errors import RatchetError
 from ..experiment import Experiment
+from ..views import _number, _text
 
 DIFF_LINE_LIMIT = 600  # a winner's diff beyond this is cut (the full source is in winners/)
 FAILURE_BARS = 15  # signatures shown; the rest are summed into one bar
@@ -111,6 +111,12 @@ class ReportData:
         return self.direction == "lower_is_better"
 
     @property
+    def score_label(self) -> str:
+        """The score axis's title, for both renderers."""
+        unit = f" ({self.unit})" if self.unit else ""
+        return f"score{unit}, {'lower' if self.lower_is_better else 'higher'} is better"
+
+    @property
     def categories(self) -> list[str]:
         """Every category the plots colour: the attempts' and the failure bars' kinds."""
         return [a.category for a in self.attempts] + [f"failed: {b.kind}" for b in self.failures]
@@ -173,8 +179,6 @@ def _attempts(exp: Experiment) -> list[Attempt]:
     out: list[Attempt] = []
     elapsed = cost = 0.0
     for position, raw in enumerate(records, start=1):
-        if not isinstance(raw, dict):
-            continue
         seconds = raw.get("seconds")
         elapsed += (_num(seconds.get("total")) or 0.0) if isinstance(seconds, dict) else 0.0
         usage = raw.get("usage")
@@ -221,8 +225,8 @@ def _best_path(sc: scores_mod.Scores, attempts: list[Attempt]) -> list[BestPoint
     by_iteration = {a.iteration: a for a in attempts}
 
     def point(iteration: int, score: float, commit: str) -> BestPoint:
-        known = [a for a in attempts if a.iteration <= iteration]
-        a = by_iteration.get(iteration) or (known[-1] if known else None)
+        a = by_iteration.get(iteration) or next(
+            (a for a in reversed(attempts) if a.iteration <= iteration), None)
         return BestPoint(iteration, a.elapsed_s if a else 0.0, a.cost_usd if a else 0.0,
                          score, commit)
 
@@ -359,9 +363,9 @@ def _usage_text(u: scores_mod.UsageTotals) -> str:
 
 
 def _num(value: object) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value) if math.isfinite(value) else None
+    """A finite number as a float, else None (views._number, which keeps ints as ints)."""
+    number = _number(value)
+    return None if number is None else float(number)
 
 
 def _float_or_none(text: str) -> float | None:
@@ -370,6 +374,3 @@ def _float_or_none(text: str) -> float | None:
     except ValueError:
         return None
 
-
-def _text(value: object) -> str:
-    return value if isinstance(value, str) else "" if value is None else str(value)

@@ -19,17 +19,6 @@ LAYOUT = {"template": "plotly_white", "margin": {"l": 60, "r": 20, "t": 50, "b":
           "font": {"size": 12}}
 
 
-def _score_label(data: ReportData) -> str:
-    unit = f" ({data.unit})" if data.unit else ""
-    better = "lower" if data.lower_is_better else "higher"
-    return f"score{unit}, {better} is better"
-
-
-def _log_scale(values: list[float]) -> bool:
-    positive = [v for v in values if v > 0]
-    return len(positive) == len(values) and bool(values) and max(values) / min(values) > 8
-
-
 def progress(data: ReportData, axis: str) -> go.Figure:
     """Best-so-far against `axis`: "iteration", "time" or "cost"."""
     divisor, time_label = style.time_axis(data.attempts[-1].elapsed_s if data.attempts else 0)
@@ -51,8 +40,8 @@ def progress(data: ReportData, axis: str) -> go.Figure:
     if axis == "cost" and not data.total_cost:
         title += " (no cost recorded)"
     fig.update_layout(**LAYOUT, title=title, height=330, showlegend=False,
-                      xaxis_title=label, yaxis_title=_score_label(data))
-    if _log_scale([p.score for p in points]):
+                      xaxis_title=label, yaxis_title=data.score_label)
+    if style.log_scale([p.score for p in points]):
         fig.update_yaxes(type="log", dtick="D2")
     return fig
 
@@ -97,12 +86,12 @@ def attempts(data: ReportData) -> go.Figure:
                              name="best so far", hoverinfo="skip"), row=1, col=1)
     fig.update_layout(**LAYOUT, title="Every attempt, coloured by outcome", height=520,
                       legend={"orientation": "h", "y": -0.12})
-    fig.update_yaxes(title_text=_score_label(data), row=1, col=1)
+    fig.update_yaxes(title_text=data.score_label, row=1, col=1)
     if strip:
         fig.update_yaxes(title_text="no score", row=2, col=1, type="category")
     fig.update_xaxes(title_text="iteration", row=2 if strip else 1, col=1)
-    if _log_scale([a.score for a in data.attempts if a.score is not None]
-                  + [p.score for p in path]):
+    if style.log_scale([a.score for a in data.attempts if a.score is not None]
+                       + [p.score for p in path]):
         fig.update_yaxes(type="log", dtick="D2", row=1, col=1)
     return fig
 

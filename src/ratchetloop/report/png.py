@@ -51,13 +51,8 @@ def _num(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.6g}"
 
 
-def _score_label(data: ReportData) -> str:
-    unit = f" ({_t(data.unit)})" if data.unit else ""
-    return f"score{unit}, {'lower' if data.lower_is_better else 'higher'} is better"
-
-
 def _maybe_log(ax: Axes, values: list[float]) -> None:
-    if values and min(values) > 0 and max(values) / min(values) > 8:
+    if style.log_scale(values):
         ax.set_yscale("log")
 
 
@@ -76,7 +71,7 @@ def _progress(ax: Axes, data: ReportData, axis: str) -> None:
             marker="o", markersize=4)
     ax.set_title(f"Best so far {title}")
     ax.set_xlabel(label)
-    ax.set_ylabel(_score_label(data))
+    ax.set_ylabel(_t(data.score_label))
     ax.grid(alpha=0.3)
     _maybe_log(ax, [p.score for p in pts])
 
@@ -100,7 +95,7 @@ def _attempts(ax: Axes, data: ReportData) -> None:
             linewidth=1, zorder=2)
     ax.set_title("Every attempt (unscored on the bottom strip)")
     ax.set_xlabel("iteration")
-    ax.set_ylabel(_score_label(data))
+    ax.set_ylabel(_t(data.score_label))
     ax.grid(alpha=0.3)
     if data.attempts:
         ax.legend(fontsize=7, loc="best")

@@ -5,6 +5,8 @@ run's) still gets a colour instead of an error."""
 
 from __future__ import annotations
 
+from ..memory import _short
+
 FIXED = {
     "accepted (best)": "#1a9850",
     "accepted (specialist)": "#4575b4",
@@ -33,11 +35,17 @@ def palette(categories: list[str]) -> dict[str, str]:
 
 
 def order(category: str) -> tuple[int, str]:
-    """Legend order: accepted, rejected, duplicate, failures, then anything new."""
+    """Legend order: accepted, rejected, duplicate, interrupted, failures, then anything
+    new."""
     ranks = list(FIXED)
     if category in ranks:
         return (ranks.index(category), category)
     return (len(ranks) + (0 if category.startswith("failed") else 1), category)
+
+
+def log_scale(values: list[float]) -> bool:
+    """Whether a score axis reads better on a log scale: all positive, spanning over 8x."""
+    return bool(values) and min(values) > 0 and max(values) / min(values) > 8
 
 
 def time_axis(max_seconds: float) -> tuple[float, str]:
@@ -51,5 +59,4 @@ def time_axis(max_seconds: float) -> tuple[float, str]:
 
 def short(text: str, limit: int) -> str:
     """One line, cut to `limit` characters (axis labels; the hover shows it whole)."""
-    line = " ".join(text.split())
-    return line if len(line) <= limit else line[: limit - 1] + "…"
+    return _short(text, limit)
