@@ -211,7 +211,11 @@ json.dumps = _paying_dumps
 '''
     result = evaluate_fib(source, slow_fib(BURN))
     cmp = verdict(result, evaluate_fib.exp)
-    assert cmp.verdict != "better" and cmp.ratio > 0.9, cmp.summary()
+    # Unpaid, the timed calls are dict lookups: x0.01 or so. Charged, the debtor costs what
+    # the honest code costs. (Not `verdict != "better"`: at the suite's 90%-confidence,
+    # 6-round budget a 3% fluke between equal implementations is called better now and
+    # then -- CI saw x0.968 once -- which says nothing about where the work was charged.)
+    assert cmp.ratio > 0.9, cmp.summary()
 
 
 def test_work_moved_between_batches_is_charged_or_caught(evaluate_fib) -> None:
@@ -238,7 +242,7 @@ json.dumps, os.read = _noting_dumps, _paying_read
     result = evaluate_fib(source, slow_fib(BURN))
     if result.ok:  # it paid before the driver looked away: charged to its next batch
         cmp = verdict(result, evaluate_fib.exp)
-        assert cmp.verdict != "better" and cmp.ratio > 0.9, cmp.summary()
+        assert cmp.ratio > 0.9, cmp.summary()  # charged (see the test above)
     else:
         failed(result, "integrity", "worked outside its timed batch")
 
