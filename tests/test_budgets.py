@@ -115,7 +115,7 @@ def test_a_retry_is_checked_and_a_timed_out_request_counts_as_spent() -> None:
                            key_var=None, timeout=0.2,
                            retry=RetryPolicy(max_attempts=3, sleep=lambda s: None))
         p.budget = Budget(max_tokens=1500)
-        with pytest.raises(BudgetExceeded, match="by timed-out requests") as info:
+        with pytest.raises(BudgetExceeded, match="by timed-out or unfinished requests") as info:
             p.propose("x")
         assert len(srv.posts()) == 1
     assert info.value.kind == "budget" and info.value.estimate.completion_tokens == 1000

@@ -15,6 +15,7 @@ limit, so under --max-cost such a request is refused too, saying so.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
@@ -66,6 +67,10 @@ class Budget:
         self.uncertain = Usage()  # estimates of timed-out requests: perhaps billed
         self.refusal: str | None = None
         self.expected: dict[str, Usage] = {}  # each requester's latest estimate
+        # --parallel: requests under way in other threads count at their estimate until
+        # their thread settles, so K requests at once cannot overspend together
+        self.reserved: dict[int, Usage] = {}
+        self._lock = threading.Lock()
 
     @property
     def limited(self) -> bool:
@@ -90,12 +95,20 @@ class Budget:
         self.totals, self.bound = totals, True
 
     def check(self, estimate: Usage, requester: str) -> None:
-        """Before a request is sent: raise BudgetExceeded when it could cross a limit."""
-        self.expected[requester] = estimate
-        reason = self.excess(estimate, requester)
-        if reason:
-            self.refusal = reason
-            raise BudgetExceeded(reason, estimate)
+        """Before a request is sent: raise BudgetExceeded when it could cross a limit.
+        The estimate stays reserved for this thread until it settles (or checks again)."""
+        with self._lock:
+            self.expected[requester] = estimate
+            reason = self.excess(estimate, requester)
+            if reason:
+                self.refusal = reason
+                raise BudgetExceeded(reason, estimate)
+            self.reserved[threading.get_ident()] = estimate
+
+    def settle(self) -> None:
+        """This thread's request is over and its usage counted (or about to be)."""
+        with self._lock:
+            self.reserved.pop(threading.get_ident(), None)
 
     def hold(self, estimate: Usage) -> None:
         """A request's outcome is unknown (it timed out): count its estimate as spent."""
@@ -108,6 +121,9 @@ class Budget:
     def excess(self, estimate: Usage, requester: str = "the next request") -> str:
         """Why a request estimated at `estimate` could cross a limit; "" when it fits."""
         held = self.uncertain
+        for thread, usage in list(self.reserved.items()):
+            if thread != threading.get_ident():
+                held = held + usage
         if self.max_tokens is not None:
             spent = self.totals.total_tokens + held.total_tokens
             if spent + estimate.total_tokens > self.max_tokens:
@@ -154,7 +170,7 @@ def _held(held: Usage) -> str:
     if not held.total_tokens:
         return ""
     cost = "" if held.cost_usd is None else f", ${held.cost_usd:.4f}"
-    return f", of which {held.total_tokens} tokens{cost} by timed-out requests"
+    return f", of which {held.total_tokens} tokens{cost} by timed-out or unfinished requests"
 
 
 def attach_budget(proposer: Any, max_cost: float | None = None, max_tokens: int | None = None,

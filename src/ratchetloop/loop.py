@@ -14,9 +14,11 @@ from __future__ import annotations
 import functools
 import json
 import statistics
+import threading
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -35,7 +37,7 @@ from .memory import Memory, Worked
 from .proposers.base import Feedback, Proposal, ProposalFailed, Proposer, Usage
 from .runs import RunRecord, last_iteration
 from .scores import Row, Scores
-from .workspace import ExperimentFolder, Workspace
+from .workspace import Evaluator, ExperimentFolder, LocalEvaluator, Workspace
 
 
 @dataclass
@@ -49,6 +51,22 @@ class Options:
     # is ignored): `--until N` on resume, where `--loop N` means N more
     target: float | None = None  # stop once the best score reaches this
     drift_every: int = 10  # re-measure best against seed every N iterations (0 = never)
+    parallel: int = 1  # proposals in flight at once (--parallel K; see scheduler.py)
+    pipeline: bool | None = None  # request the next proposal while one is evaluated;
+    # None: on for remote proposers (a request that takes seconds), off otherwise
+    ray: str | None = None  # evaluate on a Ray cluster's bench nodes ("auto" or an address)
+
+    @classmethod
+    def from_flags(cls, flags: dict[str, Any]) -> Options:
+        """`ratchet run`'s flags, each named as its field here (None keeps the default);
+        --max-minutes is the one in other units."""
+        minutes = flags.pop("max_minutes", None)
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(flags) - known)
+        if unknown:
+            raise TypeError(f"flags without an Options field: {unknown}")
+        given = {k: v for k, v in flags.items() if v is not None}
+        return cls(**given, max_seconds=minutes * 60 if minutes else None)
 
 
 Status = Literal["accepted_best", "accepted_nonbest", "rejected", "failed", "duplicate",
@@ -70,6 +88,7 @@ class Outcome:
     usage: Usage = field(default_factory=Usage)
     seconds: dict[str, float] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)  # named metrics (generic mode)
+    retimed: int = 0  # timed again: a winner landed during its evaluation (scheduler.py)
 
     @property
     def accepted(self) -> bool:
@@ -124,6 +143,36 @@ class Decision:
     case_scores: dict[str, float]
 
 
+class Guard:
+    """The session's one lock. Held while state is read or written; let go, by the thread
+    that holds it, while a request or an evaluation runs, so other attempts' stages go on."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._owner: int | None = None
+
+    def __enter__(self) -> Guard:
+        self._lock.acquire()
+        self._owner = threading.get_ident()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._owner = None
+        self._lock.release()
+
+    @contextmanager
+    def released(self) -> Iterator[None]:
+        """Let go for the duration (a no-op in a thread that does not hold it)."""
+        if self._owner != threading.get_ident():
+            yield
+            return
+        self.__exit__()
+        try:
+            yield
+        finally:
+            self.__enter__()
+
+
 @dataclass
 class Session:
     """Everything one run holds: the contract, the state, the proposer."""
@@ -145,6 +194,13 @@ class Session:
     last_usage: Usage | None = None
     started: float = field(default_factory=time.monotonic)
     now: Callable[[], str] = field(default=lambda: time.strftime("%Y-%m-%d %H:%M:%S"))
+    # --parallel: the stages of several attempts interleave (scheduler.py). Whoever reads
+    # or writes the state holds `guard`; a request or an evaluation lets it go meanwhile.
+    guard: Guard = field(default_factory=lambda: Guard())
+    proposer_gate: AbstractContextManager[Any] = field(default_factory=nullcontext)
+    in_flight: dict[str, int] = field(default_factory=dict)  # fingerprint -> attempt
+    generation: int = 0  # winners committed in this run: a timing older than the last
+    # winner was measured against a former incumbent (scheduler.py re-times it)
 
 
 # --------------------------------------------------------------------------- the run
@@ -157,25 +213,26 @@ def run_loop(exp: Experiment, proposer: Proposer, options: Options,
     exp.check_toolchain()
     repo = gitops.repo_root(exp.root)
     gitops.check_branch(repo)
-    with experiment_lock(exp.root):
-        s = load_session(exp, repo, workspace or ExperimentFolder(exp, repo), proposer,
+    with experiment_lock(exp.root), ExitStack() as cleanup:
+        evals = evaluator_for(exp, options, workspace)
+        if evals is not None:
+            cleanup.callback(evals.close)
+        s = load_session(exp, repo, workspace or ExperimentFolder(exp, repo, evals), proposer,
                          options, reporter or QuietReporter())
         summary = Summary(experiment=exp.name, proposer=proposer.name)
         wait_for_probe = warn_if_host_busy(s)
         measure.preload()  # scipy (~0.6 s) loads while the seed runs or the model thinks
         try:
-            ensure_seeded(s)
-            todo, done_text = planned_iterations(s)
-            for _ in range(todo):
-                reason = stop_reason(s)
-                if reason:
-                    summary.stop_reason = reason
-                    break
-                iteration = max(s.scores.last_iteration, last_iteration(exp.root)) + 1
-                summary.outcomes.append(iterate(s, iteration))
-                maybe_check_drift(s, iteration)
-            else:
-                summary.stop_reason = done_text
+            with s.guard:  # this thread is the one writer; other stages take turns with it
+                ensure_seeded(s)
+                todo, done_text = planned_iterations(s)
+                if scheduled(s):
+                    from .scheduler import run_scheduled
+
+                    summary.stop_reason = run_scheduled(s, todo, summary.outcomes,
+                                                        bench_slots(s)) or done_text
+                else:
+                    summary.stop_reason = run_in_turn(s, todo, summary.outcomes) or done_text
         except KeyboardInterrupt:
             summary.stop_reason = "interrupted (Ctrl-C); state saved"
             summary.interrupted = True
@@ -189,6 +246,61 @@ def run_loop(exp: Experiment, proposer: Proposer, options: Options,
             wait_for_probe()
         summary.best, summary.seed, summary.usage = s.scores.best, s.scores.seed, s.scores.usage
         return summary
+
+
+def run_in_turn(s: Session, todo: int, outcomes: list[Outcome]) -> str:
+    """The plain loop: one attempt after another. Returns a stop reason, or "" when all
+    `todo` attempts were made."""
+    for _ in range(todo):
+        reason = stop_reason(s)
+        if reason:
+            return reason
+        n = next_iteration(s)
+        outcomes.append(iterate(s, n))
+        after_attempt(s, n)
+    return ""
+
+
+def next_iteration(s: Session) -> int:
+    return max(s.scores.last_iteration, last_iteration(s.exp.root)) + 1
+
+
+def after_attempt(s: Session, n: int) -> None:
+    """What runs between attempts, in the writer: the drift check."""
+    maybe_check_drift(s, n)
+
+
+def scheduled(s: Session) -> bool:
+    """--parallel K > 1, or pipelining: the stages of several attempts overlap."""
+    return s.options.parallel > 1 or pipelining(s.options, s.proposer)
+
+
+def pipelining(options: Options, proposer: Proposer) -> bool:
+    """Unless asked otherwise, on for a remote proposer (a model behind a network or a
+    CLI: its request takes seconds); off for an instant one (the tuner, a replay script,
+    a proposer of your own), where there is nothing to overlap."""
+    if options.pipeline is not None:
+        return options.pipeline
+    return bool(getattr(proposer, "remote", False))
+
+
+def bench_slots(s: Session) -> int:
+    """Evaluations that may run at once: one per benchmark host of the workspace's
+    evaluator (generic mode has none: this host)."""
+    evaluator = getattr(s.workspace, "evaluator", None)
+    return max(1, int(getattr(evaluator, "slots", 1)))
+
+
+def evaluator_for(exp: Experiment, options: Options,
+                  workspace: Workspace | None) -> Evaluator | None:
+    """Where an experiment folder's evaluations run: a Ray cluster (--ray) or this host."""
+    if options.ray is None:
+        return None if workspace is not None else LocalEvaluator()
+    if workspace is not None:
+        raise RatchetError("--ray evaluates experiment folders only, not generic mode")
+    from .cluster import RayEvaluator
+
+    return RayEvaluator(options.ray)
 
 
 def planned_iterations(s: Session) -> tuple[int, str]:
@@ -206,41 +318,105 @@ def planned_iterations(s: Session) -> tuple[int, str]:
 
 
 def iterate(s: Session, n: int) -> Outcome:
-    """One attempt: every step is a function below, in this order."""
-    run = RunRecord(s.exp.root, n)
-    clock = time.monotonic()
-    s.scores.last_iteration = n
-    outcome = Outcome(iteration=n, status="failed")
-    proposal: Proposal | None = None
+    """One attempt, stage by stage; scheduler.py runs the same stages K at a time."""
+    a = begin_attempt(s, n)
     try:
-        try:
-            prompt = build_prompt(s, n, run)
-            proposal = ask_proposer(s, n, prompt, run)
-            outcome.usage = proposal.usage
-            candidate = extract_candidate(s, proposal, run)
-            outcome.note = candidate.note
-            skip_duplicate(s, candidate)
-            check_security(s, n, candidate, run)
-            result = evaluate_candidate(s, n, candidate, run)
-            outcome.metrics = scores_mod.named_metrics(result.info)
-            decision = decide(s, result, run)
-            outcome = accept_or_reject(s, n, candidate, proposal, decision, outcome)
-        except Rejected as r:
-            if s.last_usage is not None:  # a failed request may have been billed
-                outcome.usage = s.last_usage
-            outcome.status, outcome.failure_kind, outcome.message = r.status, r.kind, r.message
-            outcome.score, outcome.ratio = r.score, r.ratio
-            outcome.metrics = r.metrics or outcome.metrics
-            learn_from_rejection(s, n, outcome, r)
-    except (KeyboardInterrupt, BudgetExceeded) as stop:  # finish the record, then end the run
-        outcome.status = "interrupted"
-        outcome.message = str(stop) if isinstance(stop, BudgetExceeded) else "interrupted by Ctrl-C"
-        record_attempt(s, n, outcome, proposal, run, clock)
+        propose_stage(s, a)  # build prompt, ask the proposer, extract one function
+        screen_stage(s, a)  # duplicates, security
+        evaluate_stage(s, a)  # sandboxed eval.py: build, validate, paired timing
+    except (KeyboardInterrupt, BudgetExceeded) as stop:  # finish the record, end the run
+        abandon_attempt(s, a, stop)
         raise
-    record_attempt(s, n, outcome, proposal, run, clock)
-    tell_proposer(s, proposal, outcome)
+    return conclude(s, a)
+
+
+@dataclass
+class Attempt:
+    """One attempt on its way through the stages; a `Rejected` step ends it early."""
+
+    n: int
+    run: RunRecord
+    clock: float
+    outcome: Outcome
+    proposal: Proposal | None = None
+    candidate: Extracted | None = None
+    result: evaluate.EvalResult | None = None
+    generation: int = 0  # s.generation when its timing started (winners since then?)
+    rejected: Rejected | None = None
+    fingerprint: str = ""  # as screened (a generic-mode fix may change the candidate)
+
+
+def begin_attempt(s: Session, n: int) -> Attempt:
+    s.scores.last_iteration = max(s.scores.last_iteration, n)
+    return Attempt(n=n, run=RunRecord(s.exp.root, n), clock=time.monotonic(),
+                   outcome=Outcome(iteration=n, status="failed"))
+
+
+def propose_stage(s: Session, a: Attempt) -> None:
+    try:
+        prompt = build_prompt(s, a.n, a.run)
+        a.proposal = ask_proposer(s, a, prompt)
+        a.outcome.usage = a.proposal.usage
+        a.candidate = extract_candidate(s, a.proposal, a.run)
+        a.outcome.note = a.candidate.note
+    except Rejected as r:
+        a.rejected = r
+
+
+def screen_stage(s: Session, a: Attempt) -> None:
+    if a.rejected or a.candidate is None:
+        return
+    try:
+        skip_duplicate(s, a.candidate)
+        a.fingerprint = a.candidate.fingerprint
+        s.in_flight[a.fingerprint] = a.n  # until it is concluded: no twin is evaluated
+        check_security(s, a.n, a.candidate, a.run)
+    except Rejected as r:
+        a.rejected = r
+
+
+def evaluate_stage(s: Session, a: Attempt) -> None:
+    if a.rejected or a.candidate is None:
+        return
+    a.generation = s.generation
+    try:
+        a.result = evaluate_candidate(s, a.n, a.candidate, a.run)
+        a.outcome.metrics = scores_mod.named_metrics(a.result.info)
+    except Rejected as r:
+        a.rejected = r
+
+
+def conclude(s: Session, a: Attempt) -> Outcome:
+    """Decide, then record: the one writer of SCORES, MEMORY, git and winners/."""
+    outcome = a.outcome
+    if not a.rejected and a.candidate is not None and a.proposal and a.result is not None:
+        try:
+            decision = decide(s, a.result, a.run)
+            outcome = accept_or_reject(s, a.n, a.candidate, a.proposal, decision, outcome)
+        except Rejected as rejection:
+            a.rejected = rejection
+    if a.rejected:
+        r = a.rejected
+        outcome.status, outcome.failure_kind, outcome.message = r.status, r.kind, r.message
+        outcome.score, outcome.ratio = r.score, r.ratio
+        outcome.metrics = r.metrics or outcome.metrics
+        learn_from_rejection(s, a.n, outcome, r)
+    s.in_flight.pop(a.fingerprint, None)
+    record_attempt(s, a.n, outcome, a.proposal, a.run, a.clock)
+    tell_proposer(s, a.proposal, outcome)
     s.reporter.outcome(outcome, s.scores)
     return outcome
+
+
+def abandon_attempt(s: Session, a: Attempt, stop: BaseException) -> None:
+    """Ctrl-C, a refused budget, or a failure of the machinery itself (scheduler.py):
+    the attempt is recorded as interrupted, with why."""
+    a.outcome.status = "interrupted"
+    a.outcome.message = ("interrupted by Ctrl-C" if isinstance(stop, KeyboardInterrupt)
+                         else str(stop) if isinstance(stop, BudgetExceeded)
+                         else f"stopped: {type(stop).__name__}: {stop}")
+    s.in_flight.pop(a.fingerprint, None)
+    record_attempt(s, a.n, a.outcome, a.proposal, a.run, a.clock)
 
 
 # --------------------------------------------------------------------------- steps
@@ -255,6 +431,8 @@ def load_session(exp: Experiment, repo: Path, workspace: Workspace, proposer: Pr
     budget = attach_budget(proposer, options.max_cost, options.max_tokens, scores.usage)
     s = Session(exp=exp, repo=repo, workspace=workspace, proposer=proposer, options=options,
                 reporter=reporter, scores=scores, memory=memory, budget=budget)
+    if not getattr(proposer, "parallel_safe", False):  # its calls take turns
+        s.proposer_gate = threading.Lock()
     reconcile_with_git(s)
     return s
 
@@ -374,19 +552,22 @@ def build_prompt(s: Session, n: int, run: RunRecord) -> str:
     return prompt
 
 
-def ask_proposer(s: Session, n: int, prompt: str, run: RunRecord) -> Proposal:
+def ask_proposer(s: Session, a: Attempt, prompt: str) -> Proposal:
     """Step 3: text plus token usage; a failed request is a recorded attempt, its usage
     counted. A request the budget refused was not sent: BudgetExceeded stops the run."""
-    s.reporter.phase(n, f"asking {s.proposer.name}")
-    s.last_usage = Usage()
+    run = a.run
+    s.reporter.phase(a.n, f"asking {s.proposer.name}")
     try:
-        with run.timed("propose"):
-            proposal = s.proposer.propose(prompt)
+        with run.timed("propose"), s.guard.released(), s.proposer_gate:
+            try:
+                proposal = s.proposer.propose(prompt)
+            finally:
+                s.budget.settle()  # this request's reservation: its usage is counted below
     except BudgetExceeded as exc:
         run.json("budget.json", {"refused": str(exc), "estimate": asdict(exc.estimate)})
         raise
     except ProposalFailed as exc:
-        s.last_usage = exc.usage
+        s.last_usage = a.outcome.usage = exc.usage  # a failed request may have been billed
         s.scores.usage.add(exc.usage)
         run.json("request.json", exc.request or {})
         run.text("response.txt", exc.raw_response or "")
@@ -415,8 +596,11 @@ def extract_candidate(s: Session, proposal: Proposal, run: RunRecord) -> Extract
 
 
 def skip_duplicate(s: Session, candidate: Extracted) -> None:
-    """Step 5: code already evaluated (or already known to fail) is not evaluated again."""
+    """Step 5: code already evaluated (or already known to fail), or in flight under
+    --parallel, is not evaluated again."""
     seen = s.memory.seen.get(candidate.fingerprint)
+    if seen is None and candidate.fingerprint in s.in_flight:
+        seen = f"in flight as attempt {s.in_flight[candidate.fingerprint]}"
     if seen is not None:
         s.memory.duplicates += 1
         raise Rejected("duplicate", "duplicate", f"same code as an earlier attempt ({seen})")
@@ -439,7 +623,7 @@ def evaluate_candidate(s: Session, n: int, candidate: Extracted,
     timing = getattr(s.reporter, "timing", None)  # optional: a live view's progress
     if callable(timing):
         run.progress = functools.partial(timing, n)
-    with run.timed("evaluate"):
+    with run.timed("evaluate"), s.guard.released():
         result = s.workspace.evaluate(n, candidate, references, run, (
             functools.partial(follow_up, s) if s.proposer.answers_follow_ups else None))
     run.json("result.json", result)
@@ -516,6 +700,7 @@ def accept_or_reject(s: Session, n: int, candidate: Extracted, proposal: Proposa
     s.memory.mark_tried(candidate.note)
     s.since_accept = 0
     s.last_failure = None
+    s.generation += 1
     sc.counts.accepted += 1
     s.unrecorded.append(sha)  # state is saved by record_attempt, committed at the end
     outcome.status = "accepted_best" if decision.is_best else "accepted_nonbest"
@@ -600,13 +785,20 @@ def record_attempt(s: Session, n: int, outcome: Outcome, proposal: Proposal | No
 
 
 def follow_up(s: Session, prompt: str) -> Proposal:
-    """A request the workspace makes mid-evaluation (a fix); its usage counts like any."""
+    """A request the workspace makes mid-evaluation (a fix); its usage counts like any.
+    It is made while the evaluation has let go of the guard, so it takes it to count."""
     try:
-        proposal = s.proposer.propose(prompt)
+        with s.proposer_gate:
+            try:
+                proposal = s.proposer.propose(prompt)
+            finally:
+                s.budget.settle()
     except ProposalFailed as exc:
-        s.scores.usage.add(exc.usage)
+        with s.guard:
+            s.scores.usage.add(exc.usage)
         raise
-    s.scores.usage.add(proposal.usage)
+    with s.guard:
+        s.scores.usage.add(proposal.usage)
     return proposal
 
 
@@ -629,9 +821,10 @@ def record_winners(s: Session) -> None:
 def tell_proposer(s: Session, proposal: Proposal | None, outcome: Outcome) -> None:
     if proposal is None:
         return
-    s.proposer.observe(proposal, Feedback(status=outcome.status, score=outcome.score,
-                                          lower_is_better=s.exp.lower_is_better,
-                                          failure_kind=outcome.failure_kind))
+    with s.proposer_gate:
+        s.proposer.observe(proposal, Feedback(status=outcome.status, score=outcome.score,
+                                              lower_is_better=s.exp.lower_is_better,
+                                              failure_kind=outcome.failure_kind))
 
 
 def maybe_check_drift(s: Session, n: int) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from . import evaluate, gitops
 from .evaluate import EvalResult
@@ -38,6 +38,38 @@ class Judgement:
 
     is_best: bool
     cases_won: list[str]
+
+
+class Evaluator(Protocol):
+    """Where an experiment folder's evaluations run: this host (`LocalEvaluator`) or the
+    bench nodes of a Ray cluster (`ratchetloop.cluster.RayEvaluator`). A candidate and its
+    references are always timed together, in one call, on one host."""
+
+    slots: int  # evaluations that may run at once: one per benchmark host
+
+    def run(self, exp: Experiment, candidate_source: str, references: dict[str, str], *,
+            seed: int, validate: bool = True, keep_workdir: Path | None = None,
+            progress: Callable[[Any], None] | None = None) -> EvalResult:
+        """evaluate.run_eval's contract: never raises for a candidate's faults."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class LocalEvaluator:
+    """This host: one benchmark slot, held with the host-wide benchmark lock."""
+
+    slots = 1
+
+    def run(self, exp: Experiment, candidate_source: str, references: dict[str, str], *,
+            seed: int, validate: bool = True, keep_workdir: Path | None = None,
+            progress: Callable[[Any], None] | None = None) -> EvalResult:
+        return evaluate.run_eval(exp, candidate_source, references, seed=seed,
+                                 validate=validate, keep_workdir=keep_workdir,
+                                 progress=progress)
+
+    def close(self) -> None:
+        return None
 
 
 class Workspace(Protocol):
@@ -73,8 +105,9 @@ class Workspace(Protocol):
 class ExperimentFolder:
     """An experiment folder: eval.py judges, the target file is committed in place."""
 
-    def __init__(self, exp: Experiment, repo: Path) -> None:
+    def __init__(self, exp: Experiment, repo: Path, evaluator: Evaluator | None = None) -> None:
         self.exp, self.repo = exp, repo
+        self.evaluator: Evaluator = evaluator or LocalEvaluator()
         self._git: gitops.CommitContext | None = None  # found at the first commit
 
     def _context(self) -> gitops.CommitContext:
@@ -87,12 +120,12 @@ class ExperimentFolder:
 
     def evaluate(self, n: int, candidate: Extracted, references: dict[str, str],
                  run: RunRecord, follow_up: FollowUp | None) -> EvalResult:
-        return evaluate.run_eval(self.exp, candidate.source, references, seed=n,
-                                 keep_workdir=run.path, progress=run.progress)
+        return self.evaluator.run(self.exp, candidate.source, references, seed=n,
+                                  keep_workdir=run.path, progress=run.progress)
 
     def baseline(self, source: str, references: dict[str, str], *, seed: int,
                  validate: bool = True) -> EvalResult:
-        return evaluate.run_eval(self.exp, source, references, seed=seed, validate=validate)
+        return self.evaluator.run(self.exp, source, references, seed=seed, validate=validate)
 
     def judge(self, decision: Decision) -> Judgement:
         return Judgement(is_best=decision.overall.verdict == "better",

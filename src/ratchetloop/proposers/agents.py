@@ -99,6 +99,7 @@ def run_agent(
 
 
 class _AgentProposer(BaseProposer):
+    remote = parallel_safe = True  # each request is its own process in its own temp dir
     binary = ""
     label = ""
     env_extra: tuple[str, ...] = ()

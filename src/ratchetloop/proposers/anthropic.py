@@ -53,6 +53,8 @@ def split_stable(prompt: str, stable_text: str | None = None) -> tuple[str, str]
 class AnthropicProposer(BaseProposer):
     """Claude through the Messages API; the stable prompt prefix is cached."""
 
+    remote = parallel_safe = True  # the SDK client serves several threads at once
+
     def __init__(
         self,
         model: str,

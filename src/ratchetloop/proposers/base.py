@@ -130,6 +130,11 @@ class BaseProposer:
 
     name = "base"
     answers_follow_ups = True
+    # A request takes seconds (a model behind a network or a CLI): by default the loop
+    # requests the next proposal while the last one is evaluated (loop.pipelining).
+    remote = False
+    # Several propose() calls may run at once (--parallel); otherwise the loop takes turns.
+    parallel_safe = False
     # The run's spending limits, checked before each request is sent (budget.py); the
     # loop attaches one at load time.
     budget: Budget | None = None

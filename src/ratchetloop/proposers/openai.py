@@ -40,6 +40,8 @@ def uses_responses_api(model: str) -> bool:
 class OpenAIProposer(BaseProposer):
     """One prompt in, one reply out, with usage and cost; OpenAI or a compatible server."""
 
+    remote = parallel_safe = True  # the SDK client serves several threads at once
+
     def __init__(
         self,
         model: str,
