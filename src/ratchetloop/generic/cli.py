@@ -5,13 +5,16 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from ..errors import RatchetError
 from .contract import MetricSpec, NamedMetric
 from .init import FD_SNIPPET, from_research_json, init_project
+
+if TYPE_CHECKING:
+    from .explore import Exploration
 
 VENV_IN_COMMAND = r"(?:^|[\s;&|(=])(?:\./)?\.?venv/bin/"  # a repo venv by a relative path
 
@@ -24,6 +27,9 @@ def init_command(flags: dict[str, Any], cwd: Path | None = None) -> str:
     values: dict[str, Any] = {}
     if flags.get("from_research"):
         values.update(from_research_json(Path(flags["from_research"])))
+    found = explored(flags, cwd)  # --explore: the model's proposal, flags override it
+    if found is not None:
+        values.update(found.values)
     given = {
         "tag": flags.get("tag"), "run_command": flags.get("run_command"),
         "timeout": flags.get("timeout") if given_explicitly("timeout") else None,
@@ -47,11 +53,21 @@ def init_command(flags: dict[str, Any], cwd: Path | None = None) -> str:
         elif flags.get("metric_json"):
             values["metric"] = MetricSpec(kind="json_key", key=flags["metric_json"],
                                           channel=channel)
+        elif isinstance(values.get("metric"), MetricSpec):  # proposed by --explore
+            if channel == "fd":
+                values["metric"] = values["metric"].model_copy(update={"channel": "fd"})
         else:
             values["metric"] = MetricSpec(channel=channel)
-        folder = init_project(cwd or Path.cwd(), force=bool(flags.get("force")), **values)
+        if found is not None:
+            from .explore import ask_on_terminal, write
+
+            folder = write(found, values, cwd or Path.cwd(), force=bool(flags.get("force")),
+                           confirm=ask_on_terminal(bool(flags.get("yes"))))
+        else:
+            folder = init_project(cwd or Path.cwd(), force=bool(flags.get("force")), **values)
     except ValidationError as exc:
         raise RatchetError(explain(exc)) from None
+    channel = values["metric"].channel
     where = ("the metric is read ONLY from $RATCHET_RESULT_FD (--metric-fd)" if channel == "fd"
              else "the metric is read from $RATCHET_RESULT_FD when your benchmark writes"
                   " there, else from its output")
@@ -59,9 +75,33 @@ def init_command(flags: dict[str, Any], cwd: Path | None = None) -> str:
              if values.get("check_command") else
              "no --check: add one (e.g. your tests) so a winner that games the metric is"
              " caught before it is committed")
-    return (f"wrote {folder}/ (experiment.json, program.md, prompt.py, security.py)\n"
+    return (f"{explore_lines(found)}"
+            f"wrote {folder}/ (experiment.json, program.md, prompt.py, security.py)\n"
             f"{where}; {check}.\n{environment_lines(folder, values)}{FD_SNIPPET}"
             f"edit program.md, then: ratchet run {values['tag']} --model <model> --loop 20")
+
+
+def explored(flags: dict[str, Any], cwd: Path | None) -> Exploration | None:
+    """`--explore --model M`: the model's proposal (explore.py); None without --explore."""
+    if not flags.get("explore"):
+        if flags.get("model") or flags.get("yes"):
+            raise RatchetError("--model and --yes go with --explore")
+        return None
+    if flags.get("from_research"):
+        raise RatchetError("--explore or --from-research: give one")
+    from .explore import explore
+
+    return explore(cwd or Path.cwd(), flags.get("model"), tag=flags.get("tag"))
+
+
+def explore_lines(found: Exploration | None) -> str:
+    """What the explorer did, before the usual lines: its setup check and its cost."""
+    if found is None:
+        return ""
+    setup = found.setup
+    check = (f"setup check `{setup['command']}` passed\n" if setup else
+             "no setup check proposed: `ratchet run` starts without one\n")
+    return f"{check}{found.cost_line()} (prompts and replies in explore.json)\n"
 
 
 def named_metrics(specs: Sequence[str]) -> dict[str, NamedMetric]:

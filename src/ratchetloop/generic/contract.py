@@ -80,7 +80,11 @@ class MetricSpec(Strict):
     @model_validator(mode="after")
     def _complete(self) -> MetricSpec:
         if self.kind == "regex":
-            if not self.pattern or re.compile(self.pattern).groups != 1:
+            try:
+                groups = re.compile(self.pattern).groups if self.pattern else 0
+            except re.error as exc:  # not a ValueError: pydantic would let it through
+                raise ValueError(f"{self.pattern!r} is not a regex: {exc}") from None
+            if groups != 1:
                 raise ValueError("a regex metric needs a pattern with exactly one group")
         if self.kind == "json_key" and not self.key:
             raise ValueError("a json_key metric needs a key")

@@ -95,8 +95,9 @@ def init_project(repo: Path, *, tag: str, editable: list[str], run_command: str,
                  path: Literal["inherit"] | list[str] = "inherit",
                  metrics: dict[str, NamedMetric] | None = None,
                  constraints: list[str] | None = None,
-                 trial_seconds: float | None = None) -> Path:
+                 trial_seconds: float | None = None, check_only: bool = False) -> Path:
     """Write the contract; refuses to overwrite an existing one unless `force`.
+    `check_only`: every check, nothing written (the explorer, before it asks the user).
 
     `env` names variables passed through to every command (their values are read at run
     time, never written here); `path` is the commands' PATH (see environment.py);
@@ -126,6 +127,8 @@ def init_project(repo: Path, *, tag: str, editable: list[str], run_command: str,
                            trial_seconds=trial_seconds)
     except ValidationError as exc:
         raise RatchetError(explain(exc)) from None
+    if check_only:
+        return folder
     contract: dict[str, Any] = {
         "name": tag,
         "description": f"generic project: {', '.join(editable)} measured by `{run_command}`",
