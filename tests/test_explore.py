@@ -288,3 +288,14 @@ def parse_metric(pattern: str):  # noqa: ANN201
     from ratchetloop.generic.contract import MetricSpec
 
     return MetricSpec(kind="regex", pattern=pattern)
+
+
+def test_an_existing_tag_is_refused_before_any_request(project: Path) -> None:
+    existing = project / ".ratchet" / "calc" / "experiment.json"
+    existing.parent.mkdir(parents=True)
+    existing.write_text("{}\n")
+    with FakeModelServer([STRUCTURE, METRICS, fenced(CONTRACT)], default_text=None) as srv:
+        out = init(srv, "--yes", "--tag", "calc")
+        posts = srv.posts()
+    assert out.exit_code == 2 and "exists: pass --force to overwrite" in out.output
+    assert posts == []  # nothing paid for

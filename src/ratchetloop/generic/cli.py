@@ -89,9 +89,15 @@ def explored(flags: dict[str, Any], cwd: Path | None) -> Exploration | None:
         return None
     if flags.get("from_research"):
         raise RatchetError("--explore or --from-research: give one")
+    from .. import gitops
     from .explore import explore
 
-    return explore(cwd or Path.cwd(), flags.get("model"), tag=flags.get("tag"))
+    tag = flags.get("tag")
+    if tag and not flags.get("force"):  # refused before any request is paid for
+        existing = gitops.repo_root(cwd or Path.cwd()) / ".ratchet" / tag / "experiment.json"
+        if existing.exists():
+            raise RatchetError(f"{existing} exists: pass --force to overwrite")
+    return explore(cwd or Path.cwd(), flags.get("model"), tag=tag)
 
 
 def explore_lines(found: Exploration | None) -> str:
