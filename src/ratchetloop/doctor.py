@@ -136,8 +136,16 @@ def sandbox_rows() -> list[Row]:
     return rows
 
 
-def doctor_rows(experiment: Experiment | None = None) -> list[Row]:
-    """Everything a run depends on: Python, git, toolchains, sandbox layers, backends."""
+def ray_rows(address: str) -> list[Row]:
+    """A Ray cluster's nodes (`ratchet doctor --ray`): address, alive, CPUs, bench slots."""
+    from .cluster import node_rows
+
+    return [Row(*row) for row in node_rows(address)]
+
+
+def doctor_rows(experiment: Experiment | None = None, ray: str | None = None) -> list[Row]:
+    """Everything a run depends on: Python, git, toolchains, sandbox layers, backends (and
+    the Ray cluster's nodes when `ray` names one)."""
     rows = [Row("python", "ok", f"{platform.python_version()} ({platform.machine()})")]
     rows.append(_tool_row("git"))
     tools = ["gcc", *(experiment.toolchain if experiment else [])]
@@ -145,6 +153,8 @@ def doctor_rows(experiment: Experiment | None = None) -> list[Row]:
     if experiment is not None:
         rows.append(Row(f"experiment {experiment.name}", "ok", str(experiment.root)))
     rows += sandbox_rows()
+    if ray is not None:
+        rows += ray_rows(ray)
     return rows + model_rows()
 
 
