@@ -9,6 +9,7 @@ ollama:<model>                        Ollama at OLLAMA_HOST (default localhost:1
 openai-compatible:<model>@<base_url>  vLLM, llama.cpp, LM Studio… (key optional:
                                       OPENAI_COMPATIBLE_API_KEY)
 claude-cli[:<model>]  codex-cli[:<model>]   the command-line agents
+<model>,<model>,...                   a bandit over several of the above (bandit.py)
 """
 
 from __future__ import annotations
@@ -64,8 +65,17 @@ def resolve(
     temperature: float | None = None,
     max_tokens: int | None = None,
 ) -> Proposer:
-    """The proposer a --model string names; RatchetError with a hint when none does."""
+    """The proposer a --model string names; RatchetError with a hint when none does.
+    Several names, comma-separated, make a bandit that picks one per request (bandit.py)."""
     model = (model or DEFAULT_MODEL).strip()
+    if "," in model:
+        from .bandit import BanditProposer
+
+        names = [part.strip() for part in model.split(",")]
+        if not all(names):
+            raise RatchetError(f"--model {model!r}: an empty name between commas")
+        return BanditProposer([resolve(name, experiment, temperature=temperature,
+                                       max_tokens=max_tokens) for name in names])
     prices = experiment.prices
     if model == "tuner":
         from .tuner import TunerProposer
