@@ -210,5 +210,7 @@ def test_cli_parallel_flag_runs_and_unknown_options_are_refused(fib: Path,
                                        model, "--loop", "2", "--parallel", "2"])
     assert result.exit_code == 0, result.output
     assert len(attempts_on_disk(fib)) == 2
+    # the plain progress lines count attempts done, whatever order they end in
+    assert "[1/2]" in result.output and "[2/2]" in result.output
     with pytest.raises(TypeError, match="without an Options field"):
         Options.from_flags({"paralel": 2})

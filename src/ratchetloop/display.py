@@ -133,7 +133,7 @@ class LiveReporter:
 
     def phase(self, iteration: int, name: str) -> None:
         if iteration and iteration != self.state.iteration:  # a new attempt starts
-            if self.first is None:
+            if self.first is None or iteration < self.first:  # --parallel: in any order
                 self.first = iteration
                 if self.until is not None:
                     self.state.total = max(1, self.until - iteration + 1)
@@ -168,7 +168,8 @@ class LiveReporter:
                     f" commit {o.commit}")
         note = one_line(o.note)
         if not self.tty:
-            fields = [f"#{o.iteration} [{st.k}/{st.total}] {status}", what,
+            # attempts done of those planned: under --parallel they end out of order
+            fields = [f"#{o.iteration} [{st.done}/{st.total}] {status}", what,
                       f"best {st.best}", f"{st.tokens} tokens, {st.cost}",
                       f"elapsed {clock_text(time.monotonic() - self.started)}",
                       f"note: {note}" if note else ""]
