@@ -70,6 +70,8 @@ def build(context: dict[str, Any]) -> str:
     memory = (context.get("memory_md") or "").strip()
     if memory:
         parts += ["## Memory of this search", memory, ""]
+    if context.get("strategy_md"):  # the outer loop's directions (--outer-every)
+        parts += [context["strategy_md"].strip(), ""]
     failure = context.get("last_failure")
     if failure:
         detail = (failure.get("detail") or "").strip()

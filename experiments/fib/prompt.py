@@ -27,6 +27,8 @@ def build(context: dict) -> str:
         "",
         context["memory_md"].strip(),
     ]
+    if context.get("strategy_md"):  # the outer loop's directions (--outer-every)
+        parts += ["", context["strategy_md"].strip()]
     if failure:
         parts += ["", f"Your last attempt failed ({failure['kind']}): {failure['message']}",
                   failure.get("detail", "")[-800:]]

@@ -54,6 +54,8 @@ def build(context: dict[str, Any]) -> str:
     if memory:
         parts.append("## Memory (what worked, what keeps failing, what is unexplored)\n"
                      + memory)
+    if context.get("strategy_md"):  # the outer loop's directions (--outer-every)
+        parts.append(context["strategy_md"].strip())
     fail = context.get("last_failure")
     if fail:
         parts.append(f"## Your previous attempt failed: {fail.get('kind')}\n"

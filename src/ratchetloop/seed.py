@@ -20,7 +20,8 @@ def reset(folder: Path | str) -> list[str]:
     with experiment_lock(exp.root, "seed"):
         atomic_write_text(exp.candidate_path, exp.naive_path.read_text(encoding="utf-8"))
         done.append(f"{exp.target.file} <- {exp.naive}")
-        for name in ("SCORES.json", "SCORES.md", "MEMORY.json", "MEMORY.md"):
+        for name in ("SCORES.json", "SCORES.md", "MEMORY.json", "MEMORY.md",
+                     "STRATEGY.json", "STRATEGY.md"):  # the outer loop starts over too
             path = exp.path(name)
             if path.exists():
                 path.unlink()

@@ -40,6 +40,8 @@ def build_prompt(context: dict[str, Any]) -> str:
             big.append(path)
         parts += [f"Editable file: {path} ({lines} lines)", f"```{lang}", text.rstrip(), "```", ""]
     parts += [context["memory_md"].strip(), ""]
+    if context.get("strategy_md"):  # the outer loop's directions (--outer-every)
+        parts += [context["strategy_md"].strip(), ""]
     failure = context.get("last_failure")
     if failure:
         parts += [f"Your last attempt failed ({failure['kind']}): {failure['message']}",

@@ -8,8 +8,11 @@ evaluation, statistics, memory and git. Past attempts on disk warm-start the sea
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
+import math
+import random
 from typing import Any, Literal
 
 import optuna
@@ -56,6 +59,11 @@ class TunerProposer(BaseProposer):
         self.study = optuna.create_study(direction=direction, sampler=sampler)
         self.tried: dict[str, float | None] = {}
         self.pending: dict[int, optuna.trial.Trial] = {}
+        # the outer loop's restriction (apply_strategy): knobs held at a value, and the
+        # share of proposals drawn at random instead of by TPE
+        self.frozen: dict[str, Any] = {}
+        self.exploration = 0.0
+        self.rng = random.Random(seed)
         self._warm_start()
 
     def _key(self, params: dict[str, Any]) -> str:
@@ -82,12 +90,51 @@ class TunerProposer(BaseProposer):
         self.study.add_trial(optuna.trial.create_trial(
             params=params, distributions=self.space, value=score, state=state))
 
+    def apply_strategy(self, strategy: Any) -> None:
+        """Freeze knobs (a value the experiment declares) and set the random share; the
+        search space shrinks to the free knobs, the study keeps everything it learned."""
+        frozen = getattr(strategy, "freeze", None) or {}
+        self.frozen = {k: v for k, v in frozen.items()
+                       if k in self.space and v in self.experiment.knobs[k]}
+        self.exploration = min(1.0, max(0.0, float(getattr(strategy, "exploration", 0.0))))
+
+    def _free(self) -> dict[str, optuna.distributions.BaseDistribution]:
+        """The space TPE searches: every knob not frozen. A frozen space with nothing
+        left untried is released (the strategy cannot be honoured there)."""
+        if self.frozen and self._untried(self.frozen) is None:
+            self.frozen = {}
+        return {k: d for k, d in self.space.items() if k not in self.frozen}
+
+    def _untried(self, fixed: dict[str, Any]) -> dict[str, Any] | None:
+        """A random untried combination holding `fixed`: drawn, or, after 64 draws that
+        were all tried, picked from the whole list (when it is short enough to make)."""
+        knobs = self.experiment.knobs
+        for _ in range(64):
+            params = {k: fixed[k] if k in fixed else self.rng.choice(knobs[k])
+                      for k in self.space}
+            if self._key(params) not in self.tried:
+                return params
+        free = [k for k in self.space if k not in fixed]
+        if math.prod(len(knobs[k]) for k in free) > 100_000:
+            return None
+        rest = [{**fixed, **dict(zip(free, values, strict=True))}
+                for values in itertools.product(*(knobs[k] for k in free))]
+        rest = [p for p in rest if self._key(p) not in self.tried]
+        return self.rng.choice(rest) if rest else None
+
     def propose(self, prompt: str) -> Proposal:
-        for _ in range(200):
+        space = self._free()
+        for attempt in range(200):
             if len(self.tried) >= self.size:
                 break
-            trial = self.study.ask(self.space)
-            key = self._key(trial.params)
+            # a random draw: the strategy's share, and whenever TPE keeps repeating itself
+            if attempt >= 50 or (self.exploration and self.rng.random() < self.exploration):
+                pick = self._untried(self.frozen)
+                if pick:
+                    self.study.enqueue_trial({k: pick[k] for k in space})
+            trial = self.study.ask(space)
+            params = {k: self.frozen.get(k, trial.params.get(k)) for k in self.space}
+            key = self._key(params)
             if key in self.tried:
                 known = self.tried[key]
                 if known is None:
@@ -97,11 +144,11 @@ class TunerProposer(BaseProposer):
                 continue
             self.tried[key] = None
             self.pending[trial.number] = trial
-            source = self.render(dict(trial.params))
-            knobs = ", ".join(f"{k}={v}" for k, v in trial.params.items())
+            source = self.render(params)
+            knobs = ", ".join(f"{k}={v}" for k, v in params.items())
             text = f"```{self.experiment.target.language}\n{source.rstrip()}\n```\nNote: {knobs}\n"
             return Proposal(text=text, usage=Usage(), model=self.name,
-                            meta={"knobs": dict(trial.params), "trial": trial.number})
+                            meta={"knobs": params, "trial": trial.number})
         raise TunerExhausted(
             f"tuner has tried all {self.size} knob combinations of {self.experiment.name}")
 
@@ -119,7 +166,7 @@ class TunerProposer(BaseProposer):
         trial = self.pending.pop(proposal.meta.get("trial", -1), None)
         if trial is None:
             return
-        key = self._key(trial.params)
+        key = self._key(proposal.meta.get("knobs") or trial.params)
         if feedback.score is None:
             self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
         else:
