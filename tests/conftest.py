@@ -29,7 +29,8 @@ EXPERIMENTS = REPO_ROOT / "experiments"
 PYTHON = sys.executable
 RATCHET = str(Path(sys.executable).with_name("ratchet"))
 
-STATE = ("SCORES.json", "SCORES.md", "MEMORY.json", "MEMORY.md", "runs", "winners",
+STATE = ("SCORES.json", "SCORES.md", "MEMORY.json", "MEMORY.md", "STRATEGY.json",
+         "STRATEGY.md", "runs", "winners",
          "__pycache__", ".ratchet.lock", ".ratchet.lock.holder")
 
 # One look of 6 paired rounds at 90% confidence: a 2x (or 1000x) change is proven at once,

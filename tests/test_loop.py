@@ -46,7 +46,7 @@ def test_accept_then_reject_then_duplicate(fib: Path) -> None:
     assert sc["best_commit"] == win.commit
     assert [r["commit"] for r in sc["rows"]] == [win.commit]
     assert sc["counts"] == {"attempts": 3, "accepted": 1, "rejected": 1, "failed": 0,
-                            "duplicates": 1}
+                            "duplicates": 1, "near_duplicates": 0}
     # the commit reads like the reference project's and carries only the candidate
     subject = git(repo, "log", "-1", "--format=%s", win.commit).strip()
     assert subject.startswith("Accept fib winner from replay at ")

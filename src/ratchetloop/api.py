@@ -23,9 +23,17 @@ explicit argument that contradicts the metric's declaration is refused rather th
 silently optimising the wrong way; to override a metric on purpose, set its own
 `higher_is_better`.
 
+`proposer=` is a --model string, a proposer object, or several models ("a,b" or a list
+of strings and proposers): a bandit then picks one per request (proposers/bandit.py).
+
 Spending: `max_cost=` / `max_tokens=` (Options) hold every request of the run -- the
-proposer's and any LLMJudge's inside the metric -- and the judge's usage counts into the
-run's totals (`LoopResult.usage`, SCORES.json).
+proposer's, the reviewer's and any LLMJudge's inside the metric -- and the judge's usage
+counts into the run's totals (`LoopResult.usage`, SCORES.json).
+
+Checker and novelty filter, off by default (Options): `review=` (a --model string or a
+proposer) reads each candidate's diff before it is evaluated and may veto it,
+`review_wins=True` asks again before a winner's commit (review.py), and `novelty=0.97`
+skips candidates that nearly repeat code already evaluated (novelty.py).
 """
 
 from __future__ import annotations
@@ -49,7 +57,7 @@ from .generic.contract import MetricSpec
 from .generic.init import init_project
 from .generic.results import ResultsReporter, read_rows
 from .generic.workspace import GenericWorkspace, Measure, Measured, measured_from
-from .loop import Options, Outcome, QuietReporter, run_loop
+from .loop import Options, Outcome, QuietReporter, Summary, run_loop
 from .metrics import LLMJudge
 from .proposers import registry
 from .scores import Scores, UsageTotals
@@ -123,27 +131,93 @@ class Loop:
                      timeout=self.timeout, directives=self.directives, force=True,
                      acceptance=self.acceptance, check_command=self.check, unit=self.unit,
                      implausible=self.implausible)
-        exp = experiment_mod.load(folder)
         measure_fn = None if isinstance(self.metric, str) else callable_measure(
             self.metric, folder, self.editable[0], self.timeout, self.readonly)
-        workspace = GenericWorkspace(exp, measure_fn)
-        workspace.prepare()
-        proposer = (registry.resolve(self.proposer, exp) if self.proposer is None
-                    or isinstance(self.proposer, str) else self.proposer)
-        # One budget for the run: the loop binds it to SCORES' totals and the limits.
-        budget = attach_budget(proposer, options.get("max_cost"), options.get("max_tokens"))
-        for judge in judges(self.metric):
-            judge.budget = budget
-        reporter = ResultsReporter(_Printer() if self.verbose else QuietReporter(), folder)
-        summary = run_loop(exp, proposer, Options(iterations=iterations, **options), reporter,
-                           workspace)
-        best = summary.best
-        return LoopResult(
-            best_metric=best.score if best else None,
-            seed_metric=summary.seed.score if summary.seed else None,
-            best_commit=None if best is None or best.commit == "seed" else best.commit,
-            branch=workspace.trees.branch, stop_reason=summary.stop_reason,
-            history=read_rows(folder / "results.tsv"), folder=folder, usage=summary.usage)
+        return run_contract(folder, self.proposer, iterations, verbose=self.verbose,
+                            measure_fn=measure_fn, judges=judges(self.metric), **options)
+
+
+def run_contract(folder: Path, proposer: Any = None, iterations: int = 10, *,
+                 verbose: bool = False, measure_fn: Measure | None = None,
+                 judges: Sequence[LLMJudge] = (), **options: Any) -> LoopResult:
+    """Run the loop on a contract already written (.ratchet/<tag>/, by Loop or explore)."""
+    folder = Path(folder)
+    exp = experiment_mod.load(folder)
+    workspace = GenericWorkspace(exp, measure_fn)
+    workspace.prepare()
+    if isinstance(proposer, list | tuple):  # several models: a bandit picks (bandit.py)
+        from .proposers.bandit import BanditProposer
+
+        proposer = BanditProposer([registry.resolve(p, exp) if isinstance(p, str) else p
+                                   for p in proposer])
+    proposer = (registry.resolve(proposer, exp) if proposer is None
+                or isinstance(proposer, str) else proposer)
+    # One budget for the run: the loop binds it to SCORES' totals and the limits.
+    budget = attach_budget(proposer, options.get("max_cost"), options.get("max_tokens"))
+    for judge in judges:
+        judge.budget = budget
+    reporter = ResultsReporter(_Printer() if verbose else QuietReporter(), folder)
+    summary = run_loop(exp, proposer, Options(iterations=iterations, **options), reporter,
+                       workspace)
+    best = summary.best
+    return LoopResult(
+        best_metric=best.score if best else None,
+        seed_metric=summary.seed.score if summary.seed else None,
+        best_commit=None if best is None or best.commit == "seed" else best.commit,
+        branch=workspace.trees.branch, stop_reason=summary.stop_reason,
+        history=read_rows(folder / "results.tsv"), folder=folder, usage=summary.usage)
+
+
+@dataclass
+class Explored:
+    """A contract a model proposed and `explore` wrote; `run` starts the loop on it."""
+
+    folder: Path
+    contract: dict[str, Any]  # experiment.json as written
+    usage: UsageTotals  # the explorer's requests
+    setup_check: dict[str, Any] | None  # command, ok, how it ended, output tail
+
+    def run(self, proposer: Any = None, iterations: int = 10, *, verbose: bool = False,
+            **options: Any) -> LoopResult:
+        return run_contract(self.folder, proposer, iterations, verbose=verbose, **options)
+
+
+def explore(model: Any, repo: str | Path = ".", *, tag: str | None = None,
+            confirm: Callable[[str], bool] | None = None, force: bool = False) -> Explored:
+    """`ratchet init --explore`: a model (a --model string or a proposer) reads `repo` and
+    proposes the contract; it is checked like `ratchet init`'s, shown to `confirm` (the
+    plain-text table; default: accepted), its setup check runs in the sandbox, and
+    .ratchet/<tag>/ is written with explore.json. Bad proposals and failed setup checks
+    raise RatchetError with nothing written."""
+    from .generic import explore as explore_mod
+
+    found = explore_mod.explore(Path(repo), model, tag=tag)
+    values = dict(found.values, **({"tag": tag} if tag else {}))
+
+    def ask(found: explore_mod.Exploration, values: dict[str, Any]) -> bool:
+        text = "".join(f"{k}: {v}\n" for k, v in explore_mod.rows(found, values))
+        return confirm is None or confirm(text)
+
+    folder = explore_mod.write(found, values, Path(repo), confirm=ask, force=force)
+    contract = json.loads((folder / "experiment.json").read_text(encoding="utf-8"))
+    return Explored(folder=folder, contract=contract, usage=found.usage,
+                    setup_check=found.setup)
+
+
+def run_experiment(experiment: str | Path, proposer: Any = None, iterations: int = 10, *,
+                   verbose: bool = False, **options: Any) -> Summary:
+    """`ratchet run EXPERIMENT` from Python, for an experiment folder (its name under
+    experiments/, or its path): `proposer` is a --model string or a proposer, `options`
+    are loop.Options keywords -- `ray="auto"` (or an address) evaluates on a Ray
+    cluster's bench nodes (cluster.py)."""
+    exp = experiment_mod.load(experiment)
+    if exp.generic is not None:
+        raise RatchetError(f"{exp.root} is a generic-mode contract: run it with Loop(...).run"
+                           " or run_contract")
+    if proposer is None or isinstance(proposer, str):
+        proposer = registry.resolve(proposer, exp)
+    return run_loop(exp, proposer, Options(iterations=iterations, **options),
+                    _Printer() if verbose else QuietReporter())
 
 
 def direction(metric: Any, higher_is_better: bool | None) -> bool:

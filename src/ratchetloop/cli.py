@@ -63,7 +63,8 @@ def _restore_env(name: str, value: str | None) -> None:
 @main.command()
 @click.argument("experiment")
 @click.option("--model", "-m", default=None, help="proposer: tuner (default), gpt-..., claude-...,"
-              " ollama:<m>, openai-compatible:<m>@<url>, claude-cli, codex-cli, replay:<file>")
+              " ollama:<m>, openai-compatible:<m>@<url>, claude-cli, codex-cli, replay:<file>;"
+              " several, comma-separated: a bandit picks one per request")
 @click.option("--loop", "iterations", type=click.IntRange(min=1), default=None,
               help="run N more iterations (default 10; on resume they come on top of those"
                    " done)")
@@ -79,16 +80,37 @@ def _restore_env(name: str, value: str | None) -> None:
 @click.option("--target", type=float, default=None, help="stop once the best reaches this score")
 @click.option("--trial-seconds", type=float, default=None, help="generic mode: a fixed time"
               " budget per run ($RATCHET_TRIAL_SECONDS; stopped at it, killed after a grace)")
-def run(experiment: str, model: str | None, iterations: int | None, until: int | None,
-        temperature: float | None,
-        max_output_tokens: int | None, max_cost: float | None, max_tokens: int | None,
-        max_minutes: float | None, patience: int | None, target: float | None,
-        trial_seconds: float | None = None) -> None:
+@click.option("--parallel", type=click.IntRange(min=1), default=None,
+              help="up to K proposals in flight at once (default 1); evaluations still take"
+                   " one benchmark slot per host")
+@click.option("--pipeline/--no-pipeline", default=None,
+              help="request the next proposal while one is evaluated (default: on for"
+                   " remote models; the next prompt then does not know the last result)")
+@click.option("--outer-every", type=click.IntRange(min=1), default=None,
+              help="every K iterations an outer step reads the trace and rewrites the"
+                   " search strategy (STRATEGY.md; default off)")
+@click.option("--outer-model", default=None,
+              help="the outer step's model (any --model backend; alone: K=10); without it,"
+                   " a rule-based controller over the tuner's knobs")
+@click.option("--review", metavar="MODEL", default=None,
+              help="a reviewer model reads each candidate's diff before it is evaluated and"
+                   " may veto it (gaming, benchmark-specialised, no-op, a broken rule)")
+@click.option("--review-wins", is_flag=True,
+              help="with --review: review each proven winner again before its commit")
+@click.option("--novelty", type=click.FloatRange(0, 1, min_open=True), is_flag=False,
+              flag_value=0.97, default=None, metavar="[THRESHOLD]",  # DEFAULT_THRESHOLD
+              help="skip candidates this similar to code already evaluated (share of"
+                   " tokens, 0-1; alone: 0.97)")
+@click.option("--ray", is_flag=False, flag_value="auto", default=None, metavar="[ADDRESS]",
+              help="evaluate on the bench nodes of a Ray cluster (ADDRESS, default: the one"
+                   " running here or $RAY_ADDRESS); pip install 'ratchetloop[ray]'")
+def run(experiment: str, **flags: Any) -> None:
     """Run the loop on EXPERIMENT (a name under experiments/ or a folder).
 
     Exit status: 0 when the run completed or hit a stop condition, 130 after Ctrl-C (the
-    record is finished first), 2 for a setup problem."""
-    if iterations is not None and until is not None:
+    record is finished first), 2 for a setup problem. Every flag not used here is the
+    loop.Options field of the same name."""
+    if flags["iterations"] is not None and flags["until"] is not None:
         raise click.UsageError("--loop N (N more) and --until N (N in total): give one")
     from . import experiment as experiment_mod
     from .display import LiveReporter, print_summary
@@ -99,17 +121,18 @@ def run(experiment: str, model: str | None, iterations: int | None, until: int |
 
     make_undumpable()  # the keys in our memory stay out of reach of the processes we start
     exp = experiment_mod.load(experiment)
+    trial_seconds = flags.pop("trial_seconds")
     if trial_seconds is not None:
         from .generic.trialtime import set_trial_seconds
 
         set_trial_seconds(exp, trial_seconds)
-    proposer = registry.resolve(model, exp, temperature=temperature, max_tokens=max_output_tokens)
+    proposer = registry.resolve(flags.pop("model"), exp, temperature=flags.pop("temperature"),
+                                max_tokens=flags.pop("max_output_tokens"))
     announcement = getattr(proposer, "announcement", None)
     if announcement:
         console().print(announcement, style="cyan", markup=False, highlight=False)
-    options = Options(iterations=iterations or 10, until=until, max_cost=max_cost,
-                      max_tokens=max_tokens, max_seconds=max_minutes * 60 if max_minutes else None,
-                      patience=patience, target=target)
+    options = Options.from_flags(flags)
+    until = options.until
     with LiveReporter(console(), exp, proposer.name, options.iterations, until=until) as live:
         reporter, workspace = session_parts(exp, live)  # generic: branch, results.tsv
         summary = run_loop(exp, proposer, options, reporter, workspace)
@@ -252,7 +275,10 @@ def models(probe_urls: tuple[str, ...]) -> None:
 
 @main.command()
 @click.argument("experiment", required=False)
-def doctor(experiment: str | None) -> None:
+@click.option("--ray", is_flag=False, flag_value="auto", default=None, metavar="[ADDRESS]",
+              help="also list a Ray cluster's nodes and bench slots (default: the one"
+                   " running here or $RAY_ADDRESS)")
+def doctor(experiment: str | None, ray: str | None) -> None:
     """Check toolchains, sandbox layers, keys and servers (for EXPERIMENT if given)."""
     from .doctor import doctor_rows, rows_table
 
@@ -261,7 +287,7 @@ def doctor(experiment: str | None) -> None:
         from . import experiment as experiment_mod
 
         exp = experiment_mod.load(experiment)
-    console().print(rows_table("doctor", doctor_rows(exp)))
+    console().print(rows_table("doctor", doctor_rows(exp, ray=ray)))
 
 
 @main.command()
@@ -309,6 +335,10 @@ def legacy_main() -> None:
 @click.option("--directives", default=None, help="program.md text or file")
 @click.option("--from-research", type=click.Path(exists=True), help="import a research.json")
 @click.option("--force", is_flag=True, help="overwrite an existing contract")
+@click.option("--explore", is_flag=True, help="a model reads the repository and proposes the"
+              " contract (needs --model; other flags override what it proposes)")
+@click.option("--model", "-m", default=None, help="with --explore: the model that explores")
+@click.option("--yes", "-y", is_flag=True, help="with --explore: write without asking")
 def init(**flags: Any) -> None:
     """Set up the loop for any file + metric in this git repository (.ratchet/<tag>/)."""
     from .generic.cli import init_command

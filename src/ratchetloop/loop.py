@@ -26,7 +26,10 @@ from rich.markup import escape  # reporter messages are markup; what they quote 
 
 from . import evaluate, gitops, measure, sandbox, stability
 from . import memory as memory_mod
+from . import novelty as novelty_mod
+from . import review as review_mod
 from . import scores as scores_mod
+from . import strategy as strategy_mod
 from .budget import Budget, BudgetExceeded, attach_budget
 from .errors import RatchetError
 from .experiment import Experiment
@@ -55,6 +58,11 @@ class Options:
     pipeline: bool | None = None  # request the next proposal while one is evaluated;
     # None: on for remote proposers (a request that takes seconds), off otherwise
     ray: str | None = None  # evaluate on a Ray cluster's bench nodes ("auto" or an address)
+    outer_every: int = 0  # every K iterations the outer loop rewrites the strategy (0: off)
+    outer_model: str | None = None  # its model; None: the rule-based step (strategy.py)
+    review: str | Proposer | None = None  # --review MODEL: a reviewer reads each diff first
+    review_wins: bool = False  # --review-wins: and each proven winner again, before commit
+    novelty: float | None = None  # --novelty T: skip code this similar to code evaluated
 
     @classmethod
     def from_flags(cls, flags: dict[str, Any]) -> Options:
@@ -89,6 +97,7 @@ class Outcome:
     seconds: dict[str, float] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)  # named metrics (generic mode)
     retimed: int = 0  # timed again: a winner landed during its evaluation (scheduler.py)
+    model: str = ""  # the model a failed request went to ("": none went out, or see proposal)
 
     @property
     def accepted(self) -> bool:
@@ -192,6 +201,8 @@ class Session:
     # Usage of this iteration's proposal request, failed or not (attempt.json); between
     # iterations, the budget's guess for a proposer that does not estimate its requests.
     last_usage: Usage | None = None
+    reviewer: Proposer | None = None  # --review (review.py)
+    novelty: novelty_mod.Index | None = None  # --novelty (novelty.py)
     started: float = field(default_factory=time.monotonic)
     now: Callable[[], str] = field(default=lambda: time.strftime("%Y-%m-%d %H:%M:%S"))
     # --parallel: the stages of several attempts interleave (scheduler.py). Whoever reads
@@ -201,6 +212,7 @@ class Session:
     in_flight: dict[str, int] = field(default_factory=dict)  # fingerprint -> attempt
     generation: int = 0  # winners committed in this run: a timing older than the last
     # winner was measured against a former incumbent (scheduler.py re-times it)
+    outer: strategy_mod.Outer | None = None  # --outer-every: the strategy and its step
 
 
 # --------------------------------------------------------------------------- the run
@@ -266,8 +278,9 @@ def next_iteration(s: Session) -> int:
 
 
 def after_attempt(s: Session, n: int) -> None:
-    """What runs between attempts, in the writer: the drift check."""
+    """What runs between attempts, in the writer: the drift check, the outer step."""
     maybe_check_drift(s, n)
+    maybe_outer_step(s, n)
 
 
 def scheduled(s: Session) -> bool:
@@ -368,9 +381,11 @@ def screen_stage(s: Session, a: Attempt) -> None:
         return
     try:
         skip_duplicate(s, a.candidate)
+        skip_near_duplicate(s, a.candidate)
         a.fingerprint = a.candidate.fingerprint
         s.in_flight[a.fingerprint] = a.n  # until it is concluded: no twin is evaluated
         check_security(s, a.n, a.candidate, a.run)
+        review_candidate(s, a.n, a.candidate, a.run)
     except Rejected as r:
         a.rejected = r
 
@@ -380,7 +395,7 @@ def evaluate_stage(s: Session, a: Attempt) -> None:
         return
     a.generation = s.generation
     try:
-        a.result = evaluate_candidate(s, a.n, a.candidate, a.run)
+        a.result = evaluate_candidate(s, a.n, a.candidate, a.run, a.proposal)
         a.outcome.metrics = scores_mod.named_metrics(a.result.info)
     except Rejected as r:
         a.rejected = r
@@ -392,6 +407,7 @@ def conclude(s: Session, a: Attempt) -> Outcome:
     if not a.rejected and a.candidate is not None and a.proposal and a.result is not None:
         try:
             decision = decide(s, a.result, a.run)
+            review_candidate(s, a.n, a.candidate, a.run, decision)  # --review-wins
             outcome = accept_or_reject(s, a.n, a.candidate, a.proposal, decision, outcome)
         except Rejected as rejection:
             a.rejected = rejection
@@ -430,10 +446,13 @@ def load_session(exp: Experiment, repo: Path, workspace: Workspace, proposer: Pr
     memory.add_hypotheses(exp.hypotheses)
     budget = attach_budget(proposer, options.max_cost, options.max_tokens, scores.usage)
     s = Session(exp=exp, repo=repo, workspace=workspace, proposer=proposer, options=options,
-                reporter=reporter, scores=scores, memory=memory, budget=budget)
+                reporter=reporter, scores=scores, memory=memory, budget=budget,
+                reviewer=review_mod.make_reviewer(exp, options, budget),
+                novelty=novelty_mod.make_index(exp, options.novelty))
     if not getattr(proposer, "parallel_safe", False):  # its calls take turns
         s.proposer_gate = threading.Lock()
     reconcile_with_git(s)
+    start_outer(s)
     return s
 
 
@@ -543,6 +562,7 @@ def build_prompt(s: Session, n: int, run: RunRecord) -> str:
             if (row := s.scores.row(c)) is not None
         ],
         "memory_md": s.memory.render(),
+        "strategy_md": strategy_mod.prompt_section(s.outer.current) if s.outer else "",
         "last_failure": s.last_failure,
         "iteration": n,
         "cases": [{"name": c.name, "params": c.params} for c in s.exp.enabled_cases],
@@ -568,6 +588,7 @@ def ask_proposer(s: Session, a: Attempt, prompt: str) -> Proposal:
         raise
     except ProposalFailed as exc:
         s.last_usage = a.outcome.usage = exc.usage  # a failed request may have been billed
+        a.outcome.model = getattr(exc, "model", None) or s.proposer.name  # bandit: its arm
         s.scores.usage.add(exc.usage)
         run.json("request.json", exc.request or {})
         run.text("response.txt", exc.raw_response or "")
@@ -606,6 +627,19 @@ def skip_duplicate(s: Session, candidate: Extracted) -> None:
         raise Rejected("duplicate", "duplicate", f"same code as an earlier attempt ({seen})")
 
 
+def skip_near_duplicate(s: Session, candidate: Extracted) -> None:
+    """Step 5b (--novelty): code nearly identical to code already evaluated is skipped."""
+    if s.novelty is None:
+        return
+    s.novelty.refresh(row.commit for row in s.scores.rows)
+    match = s.novelty.nearest(candidate.source)
+    if match is not None:
+        s.memory.duplicates += 1
+        s.scores.counts.near_duplicates += 1
+        raise Rejected("duplicate", "novelty",
+                       novelty_mod.check_message(match, s.novelty.threshold))
+
+
 def check_security(s: Session, n: int, candidate: Extracted, run: RunRecord) -> None:
     """Step 6: the experiment's security.py; a rejected candidate never compiles or runs."""
     s.reporter.phase(n, "security check")
@@ -615,8 +649,35 @@ def check_security(s: Session, n: int, candidate: Extracted, run: RunRecord) -> 
         raise Rejected("failed", "security", "; ".join(reasons))
 
 
-def evaluate_candidate(s: Session, n: int, candidate: Extracted,
-                       run: RunRecord) -> evaluate.EvalResult:
+def review_candidate(s: Session, n: int, candidate: Extracted, run: RunRecord,
+                     decision: Decision | None = None) -> None:
+    """Step 6b (--review): the reviewer reads the diff; its veto skips the evaluation. Given
+    a decision (--review-wins), a proven winner is reviewed again before its commit."""
+    if s.reviewer is None or (decision is not None and not s.options.review_wins):
+        return
+    stage, prompt = review_mod.prompt_for(s.exp, s.memory, incumbent_source(
+        s, s.scores.best_commit), candidate.source, decision)
+    s.reporter.phase(n, f"review by {s.reviewer.name}")
+    try:
+        with run.timed("review"), s.guard.released():
+            done = review_mod.ask(s.reviewer, prompt, stage)
+    except BudgetExceeded as exc:  # not sent; the budget's refusal stops the run next
+        run.json("budget.json", {"refused": str(exc), "estimate": asdict(exc.estimate)})
+        raise Rejected("failed", "budget", f"not reviewed: {exc}", infrastructure=True) from None
+    finally:
+        s.budget.settle()
+    s.scores.usage.add(done.usage)
+    s.scores.review.add(done.verdict.category if not done.verdict.ok else None,
+                        bool(done.verdict.warning), done.usage)
+    run.json("review.json" if decision is None else "review_win.json", done.record())
+    if done.verdict.warning:
+        s.reporter.message(f"[yellow]review: {escape(done.verdict.warning)}[/]")
+    if not done.verdict.ok:
+        raise Rejected("failed", "review", done.message())
+
+
+def evaluate_candidate(s: Session, n: int, candidate: Extracted, run: RunRecord,
+                       proposal: Proposal | None = None) -> evaluate.EvalResult:
     """Step 7: eval.py in the sandbox: build, adversarial validation, paired timing."""
     s.reporter.phase(n, "evaluating (build, validate, time)")
     references = reference_sources(s)
@@ -625,7 +686,8 @@ def evaluate_candidate(s: Session, n: int, candidate: Extracted,
         run.progress = functools.partial(timing, n)
     with run.timed("evaluate"), s.guard.released():
         result = s.workspace.evaluate(n, candidate, references, run, (
-            functools.partial(follow_up, s) if s.proposer.answers_follow_ups else None))
+            functools.partial(follow_up, s, about=proposal)
+            if s.proposer.answers_follow_ups else None))
     run.json("result.json", result)
     for name, log in result.logs.items():
         run.text(f"{name}.log", log)
@@ -775,30 +837,38 @@ def record_attempt(s: Session, n: int, outcome: Outcome, proposal: Proposal | No
         label = outcome.failure_kind if outcome.status == "failed" else outcome.status
         s.memory.seen.setdefault(fingerprint(source, s.exp.target.language), label or "")
     s.scores.counts.attempts += 1
+    model = (proposal.model if proposal else outcome.model) or s.proposer.name
+    if proposal is not None or outcome.model:  # a request went out: SCORES "Models"
+        s.scores.count_model(model, outcome.status, outcome.usage)
     outcome.seconds = {**run.seconds, "total": time.monotonic() - clock}
     data = asdict(outcome)
-    data["model"] = proposal.model if proposal else s.proposer.name
+    data["model"] = model
     data["timestamp"] = s.now()
     data["meta"] = proposal.meta if proposal else {}
     run.json("attempt.json", data)
     save_state(s)
 
 
-def follow_up(s: Session, prompt: str) -> Proposal:
+def follow_up(s: Session, prompt: str, about: Proposal | None = None) -> Proposal:
     """A request the workspace makes mid-evaluation (a fix); its usage counts like any.
-    It is made while the evaluation has let go of the guard, so it takes it to count."""
+    It is made while the evaluation has let go of the guard, so it takes it to count.
+    A proposer of several models (bandit.py) sends it to the one that wrote `about`."""
+    ask = getattr(s.proposer, "follow_up", None)
     try:
         with s.proposer_gate:
             try:
-                proposal = s.proposer.propose(prompt)
+                proposal = ask(prompt, about) if callable(ask) else s.proposer.propose(prompt)
             finally:
                 s.budget.settle()
     except ProposalFailed as exc:
         with s.guard:
             s.scores.usage.add(exc.usage)
+            s.scores.count_model(getattr(exc, "model", None) or s.proposer.name, "",
+                                 exc.usage, fix=True)
         raise
     with s.guard:
         s.scores.usage.add(proposal.usage)
+        s.scores.count_model(proposal.model or s.proposer.name, "", proposal.usage, fix=True)
     return proposal
 
 
@@ -824,7 +894,8 @@ def tell_proposer(s: Session, proposal: Proposal | None, outcome: Outcome) -> No
     with s.proposer_gate:
         s.proposer.observe(proposal, Feedback(status=outcome.status, score=outcome.score,
                                               lower_is_better=s.exp.lower_is_better,
-                                              failure_kind=outcome.failure_kind))
+                                              failure_kind=outcome.failure_kind,
+                                              meta={"ratio": outcome.ratio}))
 
 
 def maybe_check_drift(s: Session, n: int) -> None:
@@ -850,6 +921,53 @@ def maybe_check_drift(s: Session, n: int) -> None:
                                            ci=(cmp.ci_low, cmp.ci_high)))
     s.scores.drift = s.scores.drift[-20:]
     save_state(s)
+
+
+def start_outer(s: Session) -> None:
+    """--outer-every K (--outer-model alone: K=10): the strategy in force goes to the
+    proposer; a first version is written and committed."""
+    o = s.options
+    every = o.outer_every or (strategy_mod.DEFAULT_EVERY if o.outer_model else 0)
+    if not every:
+        return
+    model = None
+    if o.outer_model:
+        from .proposers import registry
+
+        model = registry.resolve(o.outer_model, s.exp)
+        model.budget = s.budget  # type: ignore[attr-defined]  # one budget for the run
+    s.outer = strategy_mod.Outer(s.exp, s.proposer, every, model, s.now)
+    if s.outer.start(next_iteration(s), s.scores):
+        commit_strategy(s, f"Strategy v1 for {s.exp.folder}: the initial one"
+                           f" (--outer-every {every})")
+
+
+def maybe_outer_step(s: Session, n: int) -> None:
+    """Count the attempt under the strategy in force; every K-th, the outer step."""
+    if s.outer is None:
+        return
+    s.outer.tally(s.scores)
+    if s.outer.due(n):
+        s.reporter.phase(n, "outer step: rewriting the search strategy")
+        step, usage, exchange = s.outer.step(n)
+        s.scores.usage.add(usage)
+        if exchange is not None:  # the model's request and reply, with the attempt's record
+            RunRecord(s.exp.root, n).json("outer_step.json", {
+                "step": step.model_dump(mode="json"), "prompt": exchange.prompt,
+                "reply": exchange.reply[:strategy_mod.REPLY_LIMIT], **asdict(usage)})
+        why = f": {step.error}" if step.error else ""
+        s.reporter.message(escape(f"outer step: strategy v{step.version} ({step.result}{why})"))
+        commit_strategy(s, f"Strategy v{step.version} for {s.exp.folder} after iteration {n}:"
+                           f" {step.result}\n\n{s.outer.current.why}\n")
+    scores_mod.save(s.exp.root, s.scores)  # the tally and the step's usage
+
+
+def commit_strategy(s: Session, message: str) -> None:
+    """STRATEGY.md/json into git where the workspace keeps state (generic mode: nowhere)."""
+    try:
+        s.workspace.record(strategy_mod.paths(s.exp.root), message)
+    except RatchetError as exc:  # saved on disk; the next record commit takes it along
+        s.reporter.message(f"[yellow]strategy not committed: {escape(str(exc))}[/]")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -881,7 +999,8 @@ def incumbent_source(s: Session, commit: str | None) -> str:
 
 
 def state_paths(s: Session) -> list[Path]:
-    return [s.exp.path(n) for n in ("SCORES.json", "SCORES.md", "MEMORY.json", "MEMORY.md")]
+    return [s.exp.path(n) for n in ("SCORES.json", "SCORES.md", "MEMORY.json", "MEMORY.md",
+                                    "STRATEGY.json", "STRATEGY.md")]  # (absent ones skipped)
 
 
 def save_state(s: Session) -> None:

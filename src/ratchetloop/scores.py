@@ -60,12 +60,45 @@ class UsageTotals(BaseModel):
         return text
 
 
+class ModelStats(BaseModel):
+    """One model's share of the work (SCORES.md "Models", shown once several were used)."""
+
+    requests: int = 0  # proposals asked of it (one per attempt; fixes not included)
+    accepted: int = 0
+    fixes: int = 0  # follow-up (fix) requests
+    usage: UsageTotals = Field(default_factory=UsageTotals)  # fixes included
+
+
 class Counts(BaseModel):
     attempts: int = 0
     accepted: int = 0
     rejected: int = 0
     failed: int = 0
     duplicates: int = 0
+    near_duplicates: int = 0  # of the duplicates: skipped by --novelty (novelty.py)
+
+
+class ReviewStats(BaseModel):
+    """What the --review model decided and cost (review.py), so its value can be weighed."""
+
+    reviews: int = 0
+    vetoes: dict[str, int] = Field(default_factory=dict)  # by category
+    let_through: int = 0  # no readable verdict, or the request failed: not a veto
+    usage: UsageTotals = Field(default_factory=UsageTotals)  # also in Scores.usage
+
+    def add(self, veto: str | None, unreadable: bool, usage: Usage) -> None:
+        self.reviews += 1
+        if veto is not None:
+            self.vetoes[veto] = self.vetoes.get(veto, 0) + 1
+        self.let_through += unreadable
+        self.usage.add(usage)
+
+    def line(self) -> str:
+        vetoes = ", ".join(f"{k} {v}" for k, v in sorted(self.vetoes.items()))
+        return (f"- reviewer (--review): {self.reviews} reviews, {sum(self.vetoes.values())}"
+                f" vetoes{f' ({vetoes})' if vetoes else ''}, {self.let_through} replies"
+                f" without a verdict (let through); {self.usage.total_tokens} tokens,"
+                f" estimated cost {self.usage.cost_text()} (in the usage above)")
 
 
 class Drift(BaseModel):
@@ -81,6 +114,16 @@ class Rollback(BaseModel):
     timestamp: str
     to: str  # a commit, or "seed"
     previous: str  # the incumbent before
+
+
+class StrategyRate(BaseModel):
+    """Attempts and accepts under one outer-loop strategy version (--outer-every)."""
+
+    version: int
+    source: str = ""
+    from_iteration: int = 0
+    attempts: int = 0
+    accepted: int = 0
 
 
 class Scores(BaseModel):
@@ -99,6 +142,17 @@ class Scores(BaseModel):
     # not winners to restore into this scoreboard
     reset_at: str | None = None
     rollbacks: list[Rollback] = Field(default_factory=list)
+    review: ReviewStats = Field(default_factory=ReviewStats)
+    strategies: list[StrategyRate] = Field(default_factory=list)  # the outer loop's versions
+    models: dict[str, ModelStats] = Field(default_factory=dict)  # by model name
+
+    def count_model(self, model: str, status: str, usage: Usage, fix: bool = False) -> None:
+        """One request of `model` (a proposal, or a fix with `fix`) and what it spent."""
+        stats = self.models.setdefault(model, ModelStats())
+        stats.fixes += fix
+        stats.requests += not fix
+        stats.accepted += status.startswith("accepted")
+        stats.usage.add(usage)
 
     def row(self, commit: str) -> Row | None:
         if self.seed and commit == self.seed.commit:
@@ -175,8 +229,11 @@ def render(scores: Scores) -> str:
         f" estimated cost {u.cost_text()}"
     )
     c = scores.counts
+    near = f", {c.near_duplicates} of them near (--novelty)" if c.near_duplicates else ""
     lines.append(f"- attempts: {c.attempts} (accepted {c.accepted}, rejected {c.rejected},"
-                 f" failed {c.failed}, duplicates skipped {c.duplicates})")
+                 f" failed {c.failed}, duplicates skipped {c.duplicates}{near})")
+    if scores.review.reviews:
+        lines.append(scores.review.line())
     if scores.drift:
         d = scores.drift[-1]
         lines.append(f"- drift check (iteration {d.iteration}): best vs seed measured now,"
@@ -194,6 +251,8 @@ def render(scores: Scores) -> str:
                       " over the row's, timed when it was accepted: not side by side (the"
                       " drift check is; the bracket after a note is its interval against the"
                       " incumbent it beat, timed side by side)."]
+    if len(scores.models) > 1:
+        lines += models_table(scores.models)
     if scores.specialists:
         lines += ["", "## Per-case specialists", "",
                   f"| Case | Median | Seed case | {WIN_LABEL} | Commit | Notes |",
@@ -207,7 +266,32 @@ def render(scores: Scores) -> str:
             lines.append(f"| {case} | {_fmt(score, unit)} | {_fmt(seed_case, unit)} |"
                          f" {_win(seed_case, score, lower)} | {commit} |"
                          f" best {case} specialist: {_cell(row.note)} |")
+    if scores.strategies:
+        lines += strategies_table(scores.strategies)
     return "\n".join(lines) + "\n"
+
+
+def strategies_table(versions: list[StrategyRate]) -> list[str]:
+    """Attempts and accept rate under each outer-loop strategy version."""
+    lines = ["", "## Accept rate per strategy version (outer loop, STRATEGY.md)", "",
+             "| Version | From iteration | Source | Attempts | Accepted | Accept rate |",
+             "|---|---|---|---|---|---|"]
+    for v in versions:
+        rate = f"{v.accepted / v.attempts:.0%}" if v.attempts else "n/a"
+        lines.append(f"| {v.version} | {v.from_iteration} | {_cell(v.source)} | {v.attempts} |"
+                     f" {v.accepted} | {rate} |")
+    return lines
+
+
+def models_table(models: dict[str, ModelStats]) -> list[str]:
+    """Per model: requests, accepts, fixes, tokens and cost (fixes included)."""
+    lines = ["", "## Models", "", "| Model | Requests | Accepted | Accept rate | Fix requests"
+             " | Tokens | Cost |", "|---|---|---|---|---|---|---|"]
+    for name, m in sorted(models.items(), key=lambda kv: (-kv[1].requests, kv[0])):
+        rate = f"{m.accepted / m.requests:.0%}" if m.requests else "n/a"
+        lines.append(f"| {_cell(name)} | {m.requests} | {m.accepted} | {rate} | {m.fixes} |"
+                     f" {m.usage.total_tokens} | {m.usage.cost_text()} |")
+    return lines
 
 
 def _label(scores: Scores, row: Row) -> str:

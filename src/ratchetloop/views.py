@@ -278,6 +278,12 @@ def attempt_sections(exp: Experiment, n: int) -> list[Section]:
     security = _load_json(folder / "security.json")
     if security is not None:
         sections.append(Section("security verdict", security_text(security)))
+    for name, title in (("review.json", "reviewer verdict"),
+                        ("review_win.json", "reviewer verdict on the proven winner")):
+        if (folder / name).is_file():  # --review
+            from .review import describe
+
+            sections.append(Section(title, describe(_load_json(folder / name))))
     for fix in sorted(folder.glob("fix*.*.md")):
         text(fix.stem.replace(".", " "), fix.name)
     for log in sorted(folder.glob("*.log")):
