@@ -13,6 +13,7 @@ reachability checks. Replies come from a script (texts or `Reply` objects), then
 from __future__ import annotations
 
 import json
+import sys
 import threading
 from collections import deque
 from collections.abc import Iterable
@@ -24,7 +25,8 @@ from typing import Any
 @dataclass
 class Reply:
     """One scripted answer. `text` is rendered in the endpoint's own format; `body`
-    (bytes/str/dict) replaces the whole body; `hang` blocks until the server closes."""
+    (bytes/str/dict) replaces the whole body; `hang` blocks until the server closes;
+    `delay` (seconds) answers that much later (a model that thinks; None: the server's)."""
 
     text: str | None = None
     status: int = 200
@@ -33,6 +35,7 @@ class Reply:
     usage: dict[str, Any] | None = None
     hang: bool = False
     error_message: str = "scripted error"
+    delay: float | None = None
 
 
 @dataclass
@@ -131,17 +134,29 @@ _ANTHROPIC_ERROR_TYPES = {
 }
 
 
+class _QuietServer(ThreadingHTTPServer):
+    """A client that hangs up (a killed loop) is no error worth a traceback."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
 class FakeModelServer:
     """A scripted model server; use as a context manager. Thread-safe enough for tests."""
 
-    def __init__(self, replies: Iterable[str | Reply] = (), default_text: str | None = "") -> None:
+    def __init__(self, replies: Iterable[str | Reply] = (), default_text: str | None = "",
+                 delay: float = 0.0) -> None:
         self.script: deque[str | Reply] = deque(replies)
         self.default_text = default_text
+        self.delay = delay  # seconds each reply takes, unless the Reply says otherwise
+        self.in_flight = 0  # POSTs being answered right now
+        self.peak_in_flight = 0  # the most at once (did K requests really overlap?)
         self.requests: list[Recorded] = []
         self.release = threading.Event()
         self.posted = threading.Event()  # set by the first POST (a test waits on it)
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._server = _QuietServer(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
@@ -270,6 +285,16 @@ class FakeModelServer:
                 if reply.hang:
                     server.release.wait(30)
                     return
-                self._send(*server._render(self.path, request, reply))
+                delay = server.delay if reply.delay is None else reply.delay
+                with server._lock:
+                    server.in_flight += 1
+                    server.peak_in_flight = max(server.peak_in_flight, server.in_flight)
+                try:
+                    if delay > 0:
+                        server.release.wait(delay)  # thinking; cut short by close()
+                    self._send(*server._render(self.path, request, reply))
+                finally:
+                    with server._lock:
+                        server.in_flight -= 1
 
         return Handler

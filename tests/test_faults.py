@@ -9,6 +9,9 @@ after every kill a resume (`ratchet run --until 0`, then the next killed run) mu
   * attempt numbering only grows: no runs/<n>/ written by one run is rewritten by another;
   * every Accept commit in `git log` is exactly once in SCORES.json with winners/<commit>/
     holding that commit's source; the best commit is the last best Accept commit.
+The same with --parallel 4 (four requests to a slow fake model out at once), plus: every
+runs/<n>/attempt.json is written once, no attempt number is accepted twice, and nothing of
+a killed run lives on (its sandboxed evaluations included).
 """
 
 from __future__ import annotations
@@ -19,11 +22,14 @@ import random
 import select
 import signal
 import subprocess
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from conftest import GIT_ENV, ITERATIVE, PYTHON, RATCHET, git, reply, slow_fib, write_replay
+from fakeservers import FakeModelServer
 
 KILLS = 10
 RNG_SEED = 20260
@@ -101,8 +107,10 @@ def accept_commits(repo: Path) -> list[tuple[str, str]]:
     return [tuple(line.split("\x1f")) for line in out.splitlines() if line]  # type: ignore
 
 
-def check_resumed(folder: Path, repo: Path, snapshots: dict[str, str]) -> dict[str, int]:
-    """The strong invariants, after a resume; returns counts for the report."""
+def check_resumed(folder: Path, repo: Path, snapshots: dict[str, str],
+                  in_order: bool = True) -> dict[str, int]:
+    """The strong invariants, after a resume; returns counts for the report. `in_order`:
+    rows in attempt order (one attempt at a time; with K in flight, in order of decision)."""
     parse_all_state(folder)
     sc = json.loads((folder / "SCORES.json").read_text())
     commits = accept_commits(repo)
@@ -124,7 +132,8 @@ def check_resumed(folder: Path, repo: Path, snapshots: dict[str, str]) -> dict[s
     seen = json.loads((folder / "MEMORY.json").read_text())["seen"].values()
     assert all(f"accepted {sha}" in seen for sha in recorded), "memory forgot a winner"
     iterations = [r["iteration"] for r in sc["rows"]]
-    assert iterations == sorted(iterations) and len(set(iterations)) == len(iterations)
+    assert iterations == sorted(iterations) or not in_order, iterations
+    assert len(set(iterations)) == len(iterations), iterations
     # numbering only grows: what an earlier run wrote into runs/<n>/ is never rewritten
     for rel, text in snapshots.items():
         assert (folder / "runs" / rel).read_text() == text, f"runs/{rel} was rewritten"
@@ -212,6 +221,300 @@ def test_ctrl_c_ends_with_a_summary_and_whole_files(exp_repo, tmp_path: Path) ->
     interrupted = json.loads((folder / "runs" / "0002" / "attempt.json").read_text())
     assert interrupted["status"] == "interrupted"  # the record of the cut attempt is finished
     assert not (folder / ".ratchet.lock.holder").exists()  # the lock was released
+
+
+# ------------------------------------------------------------------ --parallel 4
+#
+# The same kills with four proposals in flight: the model is a fake OpenAI-compatible
+# server (reached through the official SDK) that takes a while to answer, so four requests
+# really are out when a kill lands, while evaluations queue for the one benchmark slot.
+
+K = 4
+K_KILLS = 5
+LATENCY = 0.4  # seconds per reply: long enough for four requests to overlap
+
+
+def proc_stat(pid: int) -> tuple[int, int, str, int] | None:
+    """(ppid, pgid, state, start time) of a live process, from /proc/<pid>/stat."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = raw[raw.rindex(")") + 2:].split()  # after "pid (comm) "
+    return int(fields[1]), int(fields[2]), fields[0], int(fields[19])
+
+
+def all_processes() -> dict[int, tuple[int, int, str, int]]:
+    out = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit() and (st := proc_stat(int(entry.name))) is not None:
+            out[int(entry.name)] = st
+    return out
+
+
+def descendants(root: int) -> dict[int, int]:
+    """Every process below `root` (whatever its session or group), pid -> start time."""
+    procs = all_processes()
+    found: dict[int, int] = {}
+    frontier = [root]
+    while frontier:
+        parent = frontier.pop()
+        for pid, (ppid, _, _, start) in procs.items():
+            if ppid == parent and pid not in found:
+                found[pid] = start
+                frontier.append(pid)
+    return found
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:200]
+    except OSError:
+        return "?"
+
+
+def left_behind(group: int, tree: dict[int, int], limit: float = 1.0) -> list[str]:
+    """What of a SIGKILLed run still lives: its process group, or anything that was below
+    it (a child in a session of its own survives a group kill). Dying takes the kernel a
+    moment after kill() returns, so this waits up to `limit` seconds for them to go; an
+    evaluation left to finish on its own takes longer, and would overlap the timing of
+    the run that resumes (the benchmark lock died with its holder)."""
+    deadline = time.monotonic() + limit
+    while True:
+        alive = [pid for pid, (_, pgid, state, start) in all_processes().items()
+                 if state not in "ZX" and (pgid == group or tree.get(pid) == start)]
+        if not alive or time.monotonic() > deadline:
+            return [f"{pid}: {cmdline(pid)}" for pid in alive]
+        time.sleep(0.05)  # polling /proc: there is no event for another process's death
+
+
+def kill_group_checked(proc: subprocess.Popen[bytes]) -> list[str]:
+    tree = descendants(proc.pid)
+    kill_group(proc)
+    return left_behind(proc.pid, tree)
+
+
+def evaluating(proc: subprocess.Popen[bytes]) -> Callable[[], bool]:
+    """A `ready` for wait_for: the experiment's eval.py is running (in the sandbox)."""
+    return lambda: any(" eval.py " in cmdline(pid) for pid in descendants(proc.pid))
+
+
+def start_k(folder: Path, model: str, loop: int, log: Path) -> subprocess.Popen[bytes]:
+    out = log.open("ab")
+    return subprocess.Popen([RATCHET, "run", str(folder), "--model", model, "--loop", str(loop),
+                             "--parallel", str(K)],
+                            cwd=folder, stdout=out, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def wait_for(proc: subprocess.Popen[bytes], ready: Callable[[], bool], limit: float) -> bool:
+    """Until `ready()` or the run ended; True if the run is still going."""
+    deadline = time.monotonic() + limit
+    while proc.poll() is None and not ready() and time.monotonic() < deadline:
+        time.sleep(0.005)  # polling files and a counter: no portable event for either
+    return proc.poll() is None
+
+
+def moved(repo: Path, times: int) -> Callable[[], bool]:
+    """A `ready` for wait_for: the branch has moved `times` times since now."""
+    seen, moves = [branch_head(repo)], [0]
+
+    def ready() -> bool:
+        now = branch_head(repo)
+        if now and now != seen[0]:
+            seen[0], moves[0] = now, moves[0] + 1
+        return moves[0] >= times
+
+    return ready
+
+
+def check_attempts(folder: Path, repo: Path, written: dict[str, str]) -> None:
+    """With K in flight: every attempt.json names its own folder's number; none written by
+    an earlier run is rewritten (numbering only grows); each Accept commit's attempt once."""
+    runs = folder / "runs"
+    for path in runs.glob("*/attempt.json"):
+        data = json.loads(path.read_text())
+        assert data["iteration"] == int(path.parent.name), path
+    for rel, text in written.items():
+        assert (runs / rel).read_text() == text, f"runs/{rel} was written twice"
+    rows = [json.loads(line.split("Ratchet-Row: ", 1)[1]) for line in git(
+        repo, "log", "--format=%(trailers:key=Ratchet-Row,valueonly=false)").splitlines()
+        if line.startswith("Ratchet-Row: ")]
+    numbers = [r["iteration"] for r in rows]
+    assert len(numbers) == len(set(numbers)), f"an attempt number accepted twice: {numbers}"
+    for n in numbers:  # a winner's attempt was finished, or cut by the kill right after
+        record = runs / f"{n:04d}" / "attempt.json"
+        if record.exists():
+            assert json.loads(record.read_text())["status"].startswith("accepted"), n
+
+
+def attempt_records(folder: Path) -> dict[str, str]:
+    runs = folder / "runs"
+    return {f"{p.parent.name}/{p.name}": p.read_text() for p in runs.glob("*/attempt.json")}
+
+
+@pytest.mark.slow
+def test_sigkill_with_four_in_flight_then_resume_loses_no_winner(exp_repo,
+                                                                 tmp_path: Path) -> None:
+    folder = exp_repo("fib", cases=["fib18"])
+    repo = folder.parents[1]
+    fastest = reply(slow_fib(ITERS[-1]), f"burn {ITERS[-1]} steps")
+    rng = random.Random(RNG_SEED + K)
+    log = tmp_path / "ratchet.log"
+    kills = {"random": 0, "after_commit": 0, "four_out": 0}
+    limit = 0.0
+    snapshots: dict[str, str] = {}
+    written: dict[str, str] = {}
+    survivors: list[str] = []
+    with FakeModelServer(script(), default_text=fastest, delay=LATENCY) as srv:
+        model = f"openai-compatible:fake@{srv.openai_base_url}"
+        for round_no in range(K_KILLS):
+            proc = start_k(folder, model, len(script()), log)
+            if round_no % 3 == 2:  # right after the branch moved once or twice
+                kind, ready = "after_commit", moved(repo, rng.choice([1, 2]))
+            elif round_no % 3 == 1:  # the moment four requests are out at once
+                kind, ready = "four_out", lambda: srv.in_flight >= K
+            else:
+                kind, ready, limit = "random", lambda: False, rng.uniform(0.5, 4.0)
+            if not wait_for(proc, ready, limit if kind == "random" else 60):
+                break  # the run finished the whole script before the kill point
+            survivors += kill_group_checked(proc)
+            kills[kind] += 1
+            parse_all_state(folder)
+            resume = subprocess.run([RATCHET, "run", str(folder), "--model", model, "--until",
+                                     "0", "--parallel", str(K)],
+                                    cwd=folder, capture_output=True, text=True, timeout=120)
+            assert resume.returncode == 0, resume.stdout + resume.stderr
+            check_resumed(folder, repo, snapshots, in_order=False)
+            check_attempts(folder, repo, written)
+            snapshots.update(snapshot(folder))
+            written.update(attempt_records(folder))
+        final = subprocess.run([RATCHET, "run", str(folder), "--model", model, "--loop",
+                                str(len(script())), "--parallel", str(K)],
+                               cwd=folder, capture_output=True, text=True, timeout=600)
+        peak = srv.peak_in_flight
+    assert final.returncode == 0, final.stdout + final.stderr + log.read_text()[-3000:]
+    figures = check_resumed(folder, repo, snapshots, in_order=False)
+    check_attempts(folder, repo, written)
+    sc = json.loads((folder / "SCORES.json").read_text())
+    best = (folder / "winners" / sc["best_commit"] / "candidate.py").read_text()
+    assert best == slow_fib(ITERS[-1]), best
+    assert peak == K, f"at most {peak} requests were ever out at once"
+    assert not survivors, f"processes of a killed run left behind: {survivors}"
+    print(f"\nfault injection at --parallel {K}: kills {kills}, accepted winners"
+          f" {figures['winners']}, lost 0, duplicated 0, left behind 0")
+    assert sum(kills.values()) >= K_KILLS - 1, kills
+
+
+@pytest.mark.slow
+def test_sigkill_during_an_evaluation_leaves_no_process_behind(exp_repo,
+                                                               tmp_path: Path) -> None:
+    folder = exp_repo("fib", cases=["fib18"])
+    with FakeModelServer([reply(slow_fib(k), f"burn {k} steps") for k in (16000, 4000)],
+                         default_text="no code", delay=LATENCY) as srv:
+        model = f"openai-compatible:fake@{srv.openai_base_url}"
+        proc = start_k(folder, model, 8, tmp_path / "ratchet.log")
+        try:
+            assert wait_for(proc, evaluating(proc), 120), "no evaluation before the run ended"
+            survivors = kill_group_checked(proc)
+        finally:
+            kill_group(proc)
+    assert not survivors, f"processes of a killed run left behind: {survivors}"
+
+
+@pytest.mark.slow
+def test_ctrl_c_with_four_in_flight_records_them_as_interrupted(exp_repo,
+                                                               tmp_path: Path) -> None:
+    folder = exp_repo("fib", cases=["fib18"])
+    repo = folder.parents[1]
+    replies = [reply(slow_fib(k), f"burn {k} steps") for k in (16000, 4000, 1000, 250)]
+    with FakeModelServer(replies, default_text="no code, still thinking",
+                         delay=LATENCY) as srv:
+        model = f"openai-compatible:fake@{srv.openai_base_url}"
+        proc = subprocess.Popen([RATCHET, "run", str(folder), "--model", model, "--loop", "400",
+                                 "--parallel", str(K)],
+                                cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                start_new_session=True)
+        head = branch_head(repo)
+        # a winner is in, and four requests are out
+        running = wait_for(proc, lambda: branch_head(repo) != head and srv.in_flight >= K, 120)
+        assert running, "run ended before a winner and four requests in flight"
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        out, err = proc.communicate(timeout=120)
+    text = out.decode() + err.decode()
+    assert proc.returncode == 130, text
+    assert "interrupted (Ctrl-C)" in text and "Traceback" not in text, text
+    assert "scoreboard:" in text
+    parse_all_state(folder)
+    assert not list(folder.rglob(".*.tmp")), "half-written temp files left behind"
+    check_resumed(folder, repo, {}, in_order=False)
+    check_attempts(folder, repo, {})
+    records = {p.parent.name: json.loads(p.read_text())
+               for p in (folder / "runs").glob("*/attempt.json")}
+    begun = sorted(p.name for p in (folder / "runs").iterdir())
+    assert sorted(records) == begun, "an attempt begun but never recorded"
+    cut = [n for n, r in records.items() if r["status"] == "interrupted"]
+    assert len(cut) >= K, f"the {K} requests in flight were not all recorded: {cut}"
+    assert all(r["message"] == "interrupted by Ctrl-C" for n, r in records.items() if n in cut)
+    sc = json.loads((folder / "SCORES.json").read_text())
+    assert sc["counts"]["attempts"] == len(records)
+    assert not (folder / ".ratchet.lock.holder").exists()
+
+
+def thread_state(tid: int) -> tuple[str, int]:
+    """(state, voluntary context switches) of one of our threads, from /proc."""
+    status = Path(f"/proc/self/task/{tid}/status").read_text()
+    fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+    return fields["State"].split()[0], int(fields["voluntary_ctxt_switches"])
+
+
+def test_ctrl_c_while_the_writer_waits_for_the_guard_leaves_it_held() -> None:
+    """Ctrl-C can land while the writer waits to take the guard back from a stage thread
+    (lock waits are interruptible). It must unwind holding the guard: abandon_attempt
+    records every attempt in flight and `with s.guard` lets go at the end, both assuming it
+    holds it; else they race the stage thread, and release the stage thread's hold."""
+    from ratchetloop.loop import Guard
+
+    guard = Guard()
+    main = threading.main_thread()
+    holding, leaving, unwound = threading.Event(), threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def stage() -> None:
+        try:
+            with guard:
+                holding.set()
+                leaving.wait()  # the writer's next wait is for the guard
+                state, switches = thread_state(main.native_id or 0)
+                while state != "S":  # polling /proc: no event says "blocked in a wait"
+                    time.sleep(0.001)
+                    state, switches = thread_state(main.native_id or 0)
+                signal.pthread_kill(main.ident or 0, signal.SIGINT)
+                while not unwound.is_set():  # it unwound, or it waits for the guard again
+                    state, now = thread_state(main.native_id or 0)
+                    if state == "S" and now > switches + 1:
+                        break
+                    time.sleep(0.001)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            errors.append(exc)
+
+    worker = threading.Thread(target=stage)
+    guard.__enter__()
+    held = False
+    try:
+        with guard.released():
+            worker.start()
+            holding.wait()
+            leaving.set()
+    except KeyboardInterrupt:
+        held = guard._owner == threading.get_ident()
+    finally:
+        unwound.set()
+        worker.join()
+        if held:
+            guard.__exit__()
+    assert held, "Ctrl-C during the wait left the writer unwinding without the guard"
+    assert not errors, errors
 
 
 # ------------------------------------------------------------------ git's lock files

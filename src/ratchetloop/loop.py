@@ -161,7 +161,12 @@ class Guard:
         self._owner: int | None = None
 
     def __enter__(self) -> Guard:
-        self._lock.acquire()
+        try:
+            self._lock.acquire()
+        except BaseException:  # Ctrl-C during the wait: take it anyway, so the code that
+            self._lock.acquire()  # unwinds (recording what is in flight) holds it
+            self._owner = threading.get_ident()
+            raise
         self._owner = threading.get_ident()
         return self
 
@@ -335,12 +340,12 @@ def iterate(s: Session, n: int) -> Outcome:
     a = begin_attempt(s, n)
     try:
         propose_stage(s, a)  # build prompt, ask the proposer, extract one function
-        screen_stage(s, a)  # duplicates, security
+        screen_stage(s, a)  # duplicates, near-duplicates, security, review
         evaluate_stage(s, a)  # sandboxed eval.py: build, validate, paired timing
+        return conclude(s, a)  # decide, commit a winner, record
     except (KeyboardInterrupt, BudgetExceeded) as stop:  # finish the record, end the run
         abandon_attempt(s, a, stop)
         raise
-    return conclude(s, a)
 
 
 @dataclass
@@ -426,7 +431,10 @@ def conclude(s: Session, a: Attempt) -> Outcome:
 
 def abandon_attempt(s: Session, a: Attempt, stop: BaseException) -> None:
     """Ctrl-C, a refused budget, or a failure of the machinery itself (scheduler.py):
-    the attempt is recorded as interrupted, with why."""
+    the attempt is recorded as interrupted, with why, unless conclude recorded it already
+    (a winner committed but not recorded is restored from git by the next run)."""
+    if (a.run.path / "attempt.json").exists():
+        return
     a.outcome.status = "interrupted"
     a.outcome.message = ("interrupted by Ctrl-C" if isinstance(stop, KeyboardInterrupt)
                          else str(stop) if isinstance(stop, BudgetExceeded)

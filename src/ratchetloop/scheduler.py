@@ -172,5 +172,9 @@ def retime(s: Session, flight: Flight, a: Attempt) -> bool:
 
 
 def finish(s: Session, a: Attempt, outcomes: list[Outcome]) -> None:
-    outcomes.append(conclude(s, a))
+    try:
+        outcomes.append(conclude(s, a))
+    except KeyboardInterrupt as interrupt:  # it has left `flight`: record it here
+        abandon_attempt(s, a, interrupt)
+        raise
     after_attempt(s, a.n)

@@ -9,6 +9,7 @@ limits, layers and result built here. Waits are events (pidfds), never sleep-pol
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import math
 import os
@@ -31,6 +32,8 @@ from . import cgroups, probe
 from .env import RESULT_FD_VAR, child_env, homes
 
 RESULT_CAP = 16 << 20  # bytes of SandboxResult.result kept; beyond: result_truncated
+PR_SET_PDEATHSIG = 1
+_LIBC = ctypes.CDLL(None, use_errno=True)  # loaded before any fork: preexec_fn calls it
 
 
 @dataclass(frozen=True)
@@ -135,8 +138,15 @@ def rlimit_values(limits: Limits, cgroup: Group | None) -> list[tuple[int, int]]
     return out
 
 
-def _limit_child(values: list[tuple[int, int]], cgroup: cgroups.RunGroup | None) -> None:
-    """preexec_fn: join the cgroups, then set rlimits (inherited by the whole tree)."""
+def _limit_child(values: list[tuple[int, int]], cgroup: cgroups.RunGroup | None,
+                 parent: int | None = None, death: int = signal.SIGKILL) -> None:
+    """preexec_fn: die with the thread that started us (`death` when it does: a SIGKILLed
+    loop must not leave an evaluation running on, timing against the run that resumes),
+    join the cgroups, then set rlimits (inherited by the whole tree)."""
+    if parent is not None:
+        _LIBC.prctl(PR_SET_PDEATHSIG, ctypes.c_ulong(death), 0, 0, 0)
+        if os.getppid() != parent:  # it died before the prctl
+            os._exit(125)
     if cgroup is not None:
         cgroup.join_self()
     for which, value in values:
@@ -402,16 +412,20 @@ class _Cold:
     def start(self, cfg: dict[str, Any], plan: Plan, *, cwd: Path, out: IO[bytes],
               err: IO[bytes], status_w: int, result_fd: int | None, limits: Limits,
               cgroup: Group | None, timeout: float) -> str | None:
-        cmd = probe.wrapper(plan.ns, mount=plan.mount) + probe.init_argv(cfg)
+        wrapped = probe.wrapper(plan.ns, mount=plan.mount)
+        cmd = wrapped + probe.init_argv(cfg)
         fds = (status_w,) if result_fd is None else (status_w, result_fd)
         values = rlimit_values(limits, cgroup)
         joined = self.cgroup
+        # unshare --kill-child passes a SIGKILL on to the init (its namespace dies with it);
+        # unshare ignores SIGTERM. A bare init ends its tree on SIGTERM.
+        parent, death = os.getpid(), signal.SIGKILL if wrapped else signal.SIGTERM
         try:
             self.proc = subprocess.Popen(
                 cmd, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
                 env={"PATH": plan.run_env.get("PATH", "/usr/bin:/bin")},
                 start_new_session=True, pass_fds=fds,
-                preexec_fn=lambda: _limit_child(values, joined),
+                preexec_fn=lambda: _limit_child(values, joined, parent, death),
             )
         except (OSError, subprocess.SubprocessError) as exc:
             return f"could not start the sandbox: {exc}"
