@@ -76,6 +76,20 @@ def test_baseline_without_references_times_the_candidate_alone(evaluate_fib) -> 
     assert list(result.samples["fib22"]) == ["candidate"]
 
 
+def test_every_round_is_timed_in_fresh_worker_processes(evaluate_fib) -> None:
+    """A worker process's own speed (memory layout, allocator state) persists over all the
+    rounds it runs, so pairing cannot cancel it: an A/A run with one process per side saw
+    the same code x1.02-1.09 "faster" at p ~ 1e-5. Each round gets new processes, so that
+    offset varies from round to round, where the statistics see it."""
+    renamed = NAIVE.replace("(n)", "(m)").replace("n <", "m <").replace("return n\n",
+                                                                         "return m\n")
+    result = evaluate_fib(renamed.replace("(n -", "(m -"), NAIVE)
+    assert result.ok, result.failure
+    assert result.rounds >= 2
+    assert result.info["worker_processes"] == {"candidate": result.rounds,
+                                               "best": result.rounds}
+
+
 # --------------------------------------------------------------------------- forged results
 
 

@@ -174,7 +174,7 @@ def test_parse_reply_keeps_what_is_left_out_and_refuses_what_cannot_be(linear):
                       ('{"freeze": {"rows": 5}}', "rows=5 is not one of"),
                       ('{"explore": 1}', "explore"),
                       ('{"proposer_mix": {"a": -1}}', "weights"),
-                      ('{"exploration": 0.5,}', "does not parse")]:
+                      ('{"exploration": 0.5,}', "none that parses")]:
         with pytest.raises(ValueError, match=why):
             parse_reply(text, linear, current)
 

@@ -24,12 +24,12 @@ with one line.
 from __future__ import annotations
 
 import difflib
-import json
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from . import replyjson
 from .budget import Budget, BudgetExceeded
 from .errors import RatchetError
 from .files import read_text_or_empty
@@ -236,17 +236,9 @@ def normal_category(value: Any) -> str:
 
 
 def _last_verdict_object(text: str) -> dict[str, Any] | None:
-    decoder = json.JSONDecoder()
-    found: dict[str, Any] | None = None
-    text = text[-20_000:]  # a verdict ends the reply; a long preamble is not scanned
-    for start in (m.start() for m in re.finditer(r"\{", text)):
-        try:
-            value, _ = decoder.raw_decode(text, start)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(value, dict) and "verdict" in value:
-            found = value
-    return found
+    # a verdict ends the reply; a long preamble is not scanned
+    verdicts = [d for d in replyjson.objects(text[-20_000:]) if "verdict" in d]
+    return verdicts[-1] if verdicts else None
 
 
 def ask(reviewer: Proposer, prompt: str, stage: Stage) -> Review:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import statistics
 from collections import Counter
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from . import replyjson
 from .errors import RatchetError
 from .experiment import Experiment
 from .files import atomic_write_json, atomic_write_text, read_model
@@ -334,14 +334,9 @@ class _Reply(BaseModel):
 
 def parse_reply(text: str, exp: Experiment, current: Strategy) -> Strategy:
     """The strategy in a model's reply (a ```json block, or the outermost {...})."""
-    block = re.search(r"```(?:json)?\s*\n(.*?)```", text, re.S)
-    raw = block.group(1) if block else text[text.find("{"):text.rfind("}") + 1]
-    if not raw.strip():
-        raise StrategyReplyError("no JSON object in the reply")
-    try:
-        data = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise StrategyReplyError(f"the JSON does not parse: {exc}") from None
+    data = replyjson.largest(text)
+    if data is None:
+        raise StrategyReplyError("no JSON object in the reply (or none that parses)")
     try:
         reply = _Reply.model_validate(data)
     except ValidationError as exc:

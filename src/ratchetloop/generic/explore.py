@@ -27,7 +27,6 @@ the view's summary, every prompt and reply, the usage and the cost. Keys are nev
 
 from __future__ import annotations
 
-import json
 import shlex
 import tempfile
 from collections.abc import Callable
@@ -45,7 +44,7 @@ from pydantic import (
     field_validator,
 )
 
-from .. import gitops, sandbox
+from .. import gitops, replyjson, sandbox
 from ..errors import RatchetError
 from ..files import atomic_write_json
 from ..proposers.base import CACHE_BREAK
@@ -253,29 +252,9 @@ def resolve(model: str | Proposer | None) -> Proposer:
 
 
 def parse_json(text: str) -> dict[str, Any]:
-    """The JSON object in a reply: a fenced block, the whole reply, else the largest object
-    found in it (models wrap JSON in prose, or show a small example before the answer)."""
-    import re
-
-    decoder = json.JSONDecoder()
-    candidates = [m.group(1) for m in re.finditer(r"```(?:json|JSON)?\s*\n(.*?)```", text,
-                                                  re.DOTALL)] + [text]
-    for chunk in candidates:
-        try:
-            data = json.loads(chunk.strip())
-        except json.JSONDecodeError:
-            continue
-        if isinstance(data, dict):
-            return data
-    found: dict[str, Any] | None = None
-    for start in (i for i, ch in enumerate(text) if ch == "{"):
-        try:
-            data, _ = decoder.raw_decode(text, start)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(data, dict) and (found is None or len(json.dumps(data)) >
-                                       len(json.dumps(found))):
-            found = data
+    """The JSON object in a reply: the largest one (models wrap JSON in prose, or show a
+    small example before the answer)."""
+    found = replyjson.largest(text)
     if found is None:
         head = " ".join(text.split())[:80]
         raise RatchetError(f"the reply holds no JSON object ({head!r})")

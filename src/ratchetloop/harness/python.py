@@ -32,7 +32,18 @@ Trust layout (DESIGN.md, "Sandbox and the trust boundary"):
   for a few slots chosen with os.urandom (never from the request) and checks them.
 * Statistics are unchanged: interleaved rounds, implementation order shuffled per round
   from request.seed, sequential stopping through `measure.needs_more_rounds` (on the primary
-  case if the contract marks one, else the suite total), as in harness/run.py. A sample is
+  case if the contract marks one, else the suite total), as in harness/run.py.
+* The process is the unit of replication: every round after the first runs in new worker
+  processes (`fresh_processes`; each started, filtered and loaded as above, its cases
+  defined, one checked warm-up batch per case that is not a sample). A process's own speed
+  -- memory layout under ASLR, allocator state, where its code objects sit -- persists over
+  every round it runs and differs between two processes running the same code by a few
+  percent; with one process per side for the whole evaluation, that offset was in every
+  paired round alike, so no number of rounds averaged it out and the test read it as an
+  effect (A/A on fib: x1.02-1.09 at p ~ 1e-5, ~9% false accepts at confidence 0.99).
+  New processes every round make it round-to-round noise the test sees. The cost is two
+  interpreter starts per round (~40 ms each), reported as info["fresh_process_seconds"];
+  info["worker_processes"] counts the processes each implementation ran in. A sample is
   one batch: its CPU time divided by its number of calls, in microseconds. Batches are sized
   so the exchange overhead (measured per worker, reported in info) is under
   `max_overhead` of a batch. One batch per sample, not the min over several: a candidate
@@ -128,6 +139,7 @@ class PyExperiment:
     max_batch_ms: float = 20.0  # ... and at most (unless one call takes longer)
     max_overhead: float = 0.008  # exchange overhead as a share of a batch, at most
     max_reps: int = 5_000_000
+    fresh_processes: bool = True  # every round in new worker processes (module docstring)
     checked_per_batch: int = 3  # random timed calls checked after every batch
     idle_tolerance_us: float = 500.0  # CPU a worker may use between its exchanges ...
     idle_tolerance_share: float = 0.02  # ... plus this share of the wall time elapsed
@@ -204,7 +216,7 @@ class Worker:
         argv = [sys.executable, "-I", str(WORKER), str(source), spec.function,
                 str(SECCOMP) if filtered else "-", str(cmd_r), str(reply_w)]
         try:
-            with open(self.log_path, "wb") as log:
+            with open(self.log_path, "ab") as log:  # "a": one log for all of its processes
                 self.proc = subprocess.Popen(
                     argv, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=log,
                     stderr=subprocess.STDOUT, close_fds=True, pass_fds=(cmd_r, reply_w))
@@ -441,6 +453,8 @@ class Session:
         self.workdir = workdir
         self.check = Checker(spec)
         self.workers: dict[str, Worker] = {}
+        self.sources: dict[str, Path] = {}
+        self.pids: dict[str, list[int]] = {}  # every process each implementation ran in
         self.rng = random.Random(os.urandom(32))  # which slots to check: never predictable
         self.filtered = True
         self.checked = 0
@@ -450,6 +464,8 @@ class Session:
         """Start a worker and wait until its implementation is loaded (filtered if possible)."""
         worker = self.workers[name] = Worker(name, source, self.spec, self.workdir,
                                              self.filtered)
+        self.sources[name] = source
+        self.pids.setdefault(name, []).append(worker.proc.pid)
         try:
             worker.start()
         except NoFilter as exc:
@@ -460,6 +476,21 @@ class Session:
                                      ) from None
             self.filtered = False  # this kernel refuses filters: run unfiltered, say so
             return self.launch(name, source)
+        return worker
+
+    def relaunch(self, name: str, cases: dict[str, tuple], reps: dict[str, dict[str, int]]
+                 ) -> Worker:
+        """Replace `name`'s worker by a new process, its cases defined and warmed up.
+
+        The warm-up batch (one per case, checked like any batch, not a sample) takes the
+        first-touch costs a new process pays on its first calls (~10% for fib)."""
+        self.workers[name].close()
+        worker = self.launch(name, self.sources[name])
+        for case, args in cases.items():
+            self.define(worker, case, args, "benchmark")
+        for case, args in cases.items():
+            self.batch(worker, case, args, reps[case][name], "benchmark",
+                       self.spec.batch_timeout)
         return worker
 
     def close(self) -> None:
@@ -603,18 +634,26 @@ def measure_all(session: Session, request: EvalRequest, cases: dict[str, tuple],
     samples: dict[str, dict[str, list[float]]] = {c: {w.name: [] for w in workers}
                                                   for c in cases}
     order_rng = random.Random(request.seed)
+    launch_rng = random.Random(request.seed + 1)
     acceptance = request.acceptance
-    cand, refs = "candidate", [w.name for w in workers if w.name != "candidate"]
+    names = [w.name for w in workers]
+    cand, refs = "candidate", [n for n in names if n != "candidate"]
     rounds = 0
+    fresh_seconds = 0.0
     while True:
         n, stop = measure.next_batch(samples, refs, acceptance, request.lower_is_better,
                                      time.monotonic() - start, rounds, candidate=cand,
                                      primary=primary)
         if not n:
             break
-        for _ in range(n):
+        for i in range(n):
+            if spec.fresh_processes and rounds + i > 0:  # round 1: the calibrated workers
+                t0 = time.monotonic()
+                for name in launch_rng.sample(names, len(names)):
+                    session.relaunch(name, cases, reps)
+                fresh_seconds += time.monotonic() - t0
             for case, args in cases.items():
-                order = list(workers)
+                order = [session.workers[name] for name in names]
                 order_rng.shuffle(order)
                 for worker in order:
                     r = reps[case][worker.name]
@@ -633,6 +672,8 @@ def measure_all(session: Session, request: EvalRequest, cases: dict[str, tuple],
         "ipc_overhead_share": share,
         "checked_calls": session.checked,
         "timing_seconds": round(time.monotonic() - start, 3),
+        "worker_processes": {name: len(pids) for name, pids in session.pids.items()},
+        "fresh_process_seconds": round(fresh_seconds, 3),
         "stop_reason": stop,
         "sample": "CPU time of one batch of reps calls / reps, in us; the worker's process "
                   "CPU clock read by the driver, continuous between exchanges",
