@@ -28,7 +28,14 @@ there is no full series to replay the old rule on.
 
 Experiment mode (--experiment linear): A/A on a real kernel -- the incumbent source is
 evaluated against a byte-for-byte copy of itself through ratchetloop.evaluate.run_eval, many
-times, and the accept rate, ratio CI and per-round noise are reported.
+times, and the accept rate, ratio CI and per-round noise are reported, with "between /
+within": how far the evaluations' mean log-ratios spread, in units of the standard error
+each evaluation claims (about 1 when its rounds are independent; more when something
+fixed for a whole evaluation -- a worker process's memory layout, say -- shifts its
+rounds alike, which no number of rounds averages out). --before-after (Python experiments)
+interleaves the shipped harness (a fresh worker process per implementation every round)
+with the same experiment run with `fresh_processes` off (one process per implementation
+for the whole evaluation, as before): false accepts and wall time side by side.
 
 Accept rates on effects <= 0 come with a one-sided 95% Clopper-Pearson upper bound, on
 gains with a lower bound, so "A/A false accepts <= 1%" and "power at +5% >= 95%" are read
@@ -39,6 +46,7 @@ off the table with their sampling error.
     .venv/bin/python benchmarks/bench_acceptance.py --simulate 0.03 --aa-trials 5000
     .venv/bin/python benchmarks/bench_acceptance.py --harness --aa-trials 100 --trials 40
     .venv/bin/python benchmarks/bench_acceptance.py --experiment linear --aa-trials 50
+    .venv/bin/python benchmarks/bench_acceptance.py --experiment fib --aa-trials 80 --before-after
 """
 
 from __future__ import annotations
@@ -353,7 +361,70 @@ def harness(args: argparse.Namespace, acc: Acceptance) -> list[Row]:
 # ---------------------------------------------------------------- real experiment A/A
 
 
+@dataclass
+class AATally:
+    """One variant's A/A evaluations: verdicts, and the paired log-ratios' mean and SE."""
+
+    name: str
+    verdicts: dict[str, int] = field(default_factory=dict)
+    case_accepts: int = 0
+    rounds: list[int] = field(default_factory=list)
+    walls: list[float] = field(default_factory=list)
+    noise: list[float] = field(default_factory=list)
+    ratios: list[float] = field(default_factory=list)
+    means: list[float] = field(default_factory=list)  # mean log(candidate / reference)
+    ses: list[float] = field(default_factory=list)  # its standard error within the eval
+
+    def add(self, res: Any, dec: measure.Decision) -> None:
+        o = dec.overall
+        self.verdicts[o.verdict] = self.verdicts.get(o.verdict, 0) + 1
+        self.case_accepts += bool(dec.better_cases)
+        self.rounds.append(o.rounds)
+        self.walls.append(res.wall_seconds)
+        self.noise.append(o.noise)
+        self.ratios.append(o.ratio)
+        cand = measure.suite_totals({c: v["candidate"] for c, v in res.samples.items()})
+        ref = measure.suite_totals({c: v["best"] for c, v in res.samples.items()})
+        d = np.log(np.array(cand) / np.array(ref))
+        self.means.append(float(d.mean()))
+        self.ses.append(float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else math.nan)
+
+    def row(self) -> str:
+        n, k = len(self.rounds), self.verdicts.get("better", 0)
+        within = math.sqrt(statistics.mean(s * s for s in self.ses if s == s))
+        between = statistics.stdev(self.means) if n > 1 else math.nan
+        extreme = sum(abs(m / s) > 2.576 for m, s in zip(self.means, self.ses, strict=True)
+                      if s > 0)
+        return (f"| {self.name} | {n} | {k} = {100 * k / n:.1f}% (<= {100 * upper95(k, n):.1f}%)"
+                f" | {100 * self.case_accepts / n:.1f}% | {self.verdicts} | "
+                f"{statistics.mean(self.rounds):.1f} | {statistics.mean(self.walls):.2f} | "
+                f"{statistics.median(self.ratios):.4f} [{min(self.ratios):.4f}, "
+                f"{max(self.ratios):.4f}] | {100 * statistics.median(self.noise):.2f}% | "
+                f"{between:.4f} / {within:.4f} = {between / within:.1f} | "
+                f"{100 * extreme / n:.0f}% |")
+
+
+def one_process_copy(exp: Any, work: Path) -> Any:
+    """The experiment with its Python harness's fresh_processes off: the harness as it
+    was before (one worker process per implementation for the whole evaluation)."""
+    from ratchetloop.evaluate import STATE_NAMES
+    from ratchetloop.experiment import load
+
+    copy = work / exp.name
+    shutil.copytree(exp.root, copy, ignore=shutil.ignore_patterns(*STATE_NAMES, ".*"))
+    eval_py = copy / "eval.py"
+    text = eval_py.read_text(encoding="utf-8")
+    guard = 'if __name__ == "__main__":'
+    if "PyExperiment" not in text or guard not in text:
+        raise SystemExit(f"--before-after needs a Python experiment (harness/python.py); "
+                         f"{exp.name}'s eval.py is not one")
+    eval_py.write_text(text.replace(guard, f"SPEC.fresh_processes = False\n\n{guard}", 1),
+                       encoding="utf-8")
+    return load(copy)
+
+
 def experiment_aa(args: argparse.Namespace) -> None:
+    """A/A through run_eval; with --before-after, the one-process harness interleaved."""
     from ratchetloop import evaluate
     from ratchetloop.experiment import load
 
@@ -362,35 +433,36 @@ def experiment_aa(args: argparse.Namespace) -> None:
     acc = exp.acceptance
     print(f"A/A on experiment {exp.name}: candidate == incumbent ({exp.naive}), "
           f"{args.aa_trials} trials, acceptance {acc.model_dump()}", flush=True)
-    verdicts: dict[str, int] = {}
-    rounds, walls, noise, ratios = [], [], [], []
-    case_accepts = 0
-    for t in range(args.aa_trials):
-        res = evaluate.run_eval(exp, source, {"best": source}, validate=False, seed=t)
-        if not res.ok:
-            print(f"trial {t}: eval failed: {res.failure}", file=sys.stderr)
-            continue
-        dec = decide(res.samples, "best", acc, exp.lower_is_better)
-        o = dec.overall
-        verdicts[o.verdict] = verdicts.get(o.verdict, 0) + 1
-        case_accepts += bool(dec.better_cases)
-        rounds.append(o.rounds)
-        walls.append(res.wall_seconds)
-        noise.append(o.noise)
-        ratios.append(o.ratio)
-        print(f"  trial {t}: {o.summary()} wall {res.wall_seconds:.1f}s", flush=True)
-    n = len(rounds)
-    if not n:
-        print("no successful trials")
-        return
-    k = verdicts.get("better", 0)
-    print("\n| experiment | trials | accept (overall) | any case accepted | verdicts | "
-          "mean rounds | s/eval | ratio median [min, max] | noise/round |")
-    print("|---|---:|---:|---:|---|---:|---:|---|---:|")
-    print(f"| {exp.name} A/A | {n} | {100 * k / n:.1f}% (<= {100 * upper95(k, n):.1f}%) | "
-          f"{100 * case_accepts / n:.1f}% | {verdicts} | {statistics.mean(rounds):.1f} | "
-          f"{statistics.mean(walls):.1f} | {statistics.median(ratios):.4f} "
-          f"[{min(ratios):.4f}, {max(ratios):.4f}] | {100 * statistics.median(noise):.2f}% |")
+    with tempfile.TemporaryDirectory() as tmp:
+        variants = [(AATally("after" if args.before_after else exp.name), exp)]
+        if args.before_after:
+            variants.append((AATally("before (one process)"), one_process_copy(exp, Path(tmp))))
+        for t in range(args.aa_trials):
+            order = variants if t % 2 == 0 else variants[::-1]  # alternate who goes first
+            for tally, variant in order:
+                res = evaluate.run_eval(variant, source, {"best": source}, validate=False,
+                                        seed=t)
+                if not res.ok:
+                    print(f"trial {t} {tally.name}: eval failed: {res.failure}",
+                          file=sys.stderr)
+                    continue
+                dec = decide(res.samples, "best", acc, exp.lower_is_better)
+                tally.add(res, dec)
+                procs = res.info.get("worker_processes", "")
+                print(f"  trial {t} {tally.name}: {dec.overall.summary()} wall "
+                      f"{res.wall_seconds:.2f}s processes {procs}", flush=True)
+    print("\n`between / within`: the standard deviation of an evaluation's mean log-ratio "
+          "across evaluations, over the standard error each evaluation computes from its "
+          "own rounds; about 1 when the rounds are independent, so the test's confidence "
+          "holds. `|z| > 2.58`: evaluations whose mean is 2.58 of its own SEs from 0 "
+          "(about 1% if the rounds are independent).")
+    print("\n| variant | trials | accept (overall) | any case accepted | verdicts | "
+          "mean rounds | s/eval | ratio median [min, max] | noise/round | "
+          "between / within | \\|z\\| > 2.58 |")
+    print("|---|---:|---:|---:|---|---:|---:|---|---:|---|---:|")
+    for tally, _ in variants:
+        if tally.rounds:
+            print(tally.row())
 
 
 # ---------------------------------------------------------------- main
@@ -412,6 +484,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--pin", action="store_true", help="pin to one CPU like the harness")
     p.add_argument("--experiment", help="A/A on a real experiment (e.g. linear) instead")
+    p.add_argument("--before-after", action="store_true",
+                   help="with --experiment (a Python one): also the harness with one worker "
+                        "process per implementation (fresh_processes off), interleaved")
     p.add_argument("--harness", action="store_true",
                    help="time the synthetic kernel through the real driver and workers")
     p.add_argument("--min-effect", type=float)
