@@ -23,7 +23,6 @@ with one line.
 
 from __future__ import annotations
 
-import difflib
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,6 +34,7 @@ from .errors import RatchetError
 from .files import read_text_or_empty
 from .memory import Memory
 from .proposers.base import CACHE_BREAK, ProposalFailed, Proposer, Usage
+from .views import unified
 
 if TYPE_CHECKING:
     from .experiment import Experiment
@@ -147,10 +147,7 @@ def prompt_for(exp: Experiment, memory: Memory, incumbent: str, source: str,
 
 
 def unified_diff(incumbent: str, candidate: str, name: str) -> str:
-    lines = difflib.unified_diff(incumbent.splitlines(keepends=True),
-                                 candidate.splitlines(keepends=True),
-                                 f"incumbent/{name}", f"candidate/{name}")
-    text = "".join(line if line.endswith("\n") else line + "\n" for line in lines)
+    text = unified(incumbent, candidate, f"incumbent/{name}", f"candidate/{name}")
     if len(text) > MAX_DIFF_CHARS:
         text = text[:MAX_DIFF_CHARS] + "\n... (diff cut here)\n"
     return text or "(no difference from the incumbent)\n"

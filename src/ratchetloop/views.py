@@ -240,10 +240,14 @@ def winner_text(exp: Experiment, commit: str) -> str | None:
 
 
 def diff_text(old: str, new: str, old_name: str, new_name: str) -> str:
+    return unified(old, new, old_name, new_name) or "(no difference)"
+
+
+def unified(old: str, new: str, old_name: str, new_name: str) -> str:
+    """A unified diff, every line ending in a newline; "" when the texts are equal."""
     lines = difflib.unified_diff(old.splitlines(keepends=True), new.splitlines(keepends=True),
                                  old_name, new_name)
-    return "".join(line if line.endswith("\n") else line + "\n" for line in lines) or (
-        "(no difference)")
+    return "".join(line if line.endswith("\n") else line + "\n" for line in lines)
 
 
 def attempt_sections(exp: Experiment, n: int) -> list[Section]:
