@@ -339,3 +339,22 @@ def test_run_with_an_outer_model_counts_its_usage_and_keeps_its_exchange(
     assert tuner.exploration == 0.4
     saved = json.loads((fib / "STRATEGY.json").read_text())
     assert saved["versions"][-1]["source"] == "model:gpt-4.1-mini"
+
+
+def test_the_outer_models_request_leaves_no_budget_reservation(
+        exp_repo: Callable[..., Path], monkeypatch: pytest.MonkeyPatch):
+    """Its estimate is reserved while it is out (budget.py); left after it, it would count
+    against every request of --parallel's proposal threads for the rest of the run."""
+    from ratchetloop.loop import Options, run_loop
+
+    fib = exp_repo("fib", cases=["fib18"])
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-outer")
+    reply = '```json\n{"exploration": 0.4}\n```'
+    with FakeModelServer([reply], default_text=None) as srv:
+        monkeypatch.setenv("OPENAI_BASE_URL", srv.openai_base_url)
+        exp = experiment_mod.load(fib)
+        tuner = TunerProposer(exp)
+        run_loop(exp, tuner, Options(iterations=2, drift_every=0, outer_every=2,
+                                     outer_model="gpt-4.1-mini", max_cost=5.0))
+        assert len(srv.posts()) == 1
+    assert tuner.budget is not None and tuner.budget.reserved == {}

@@ -957,7 +957,10 @@ def maybe_outer_step(s: Session, n: int) -> None:
     s.outer.tally(s.scores)
     if s.outer.due(n):
         s.reporter.phase(n, "outer step: rewriting the search strategy")
-        step, usage, exchange = s.outer.step(n)
+        try:
+            step, usage, exchange = s.outer.step(n)
+        finally:
+            s.budget.settle()  # its request is over; its usage is counted below
         s.scores.usage.add(usage)
         if exchange is not None:  # the model's request and reply, with the attempt's record
             RunRecord(s.exp.root, n).json("outer_step.json", {
