@@ -8,10 +8,13 @@
    interleaved for --search-rounds; the best by suite total is then re-measured in a fresh
    driver, interleaved with naive, and numpy (single-threaded BLAS) is timed after every
    round: one per-call sample per round for everyone, reported as the median;
-3. every case: tuned GFLOPS, numpy GFLOPS, limit = min(peak, bandwidth x arithmetic
-   intensity) with the bandwidth of the level that holds the working set, % of limit, and
-   which part binds (compute, L2, L3). GFLOPS count the useful work (attention: only the
-   unmasked pairs).
+   Linear also times numpy's own OpenBLAS sgemm as a C implementation inside the harness
+   (kernelbench.LINEAR_OPENBLAS): same sandboxed worker, same per-call buffers, same
+   interleaving and estimator as the kernels, so "tuned/OpenBLAS" is the fair ratio;
+3. every case: tuned GFLOPS, the references' GFLOPS, limit = min(peak, bandwidth x
+   arithmetic intensity per cache level: per-call buffers from L3, shared weights from L2
+   when they fit), % of limit, and which part binds (compute, L2, L3). GFLOPS count the
+   useful work (attention: only the unmasked pairs).
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ from ratchetloop.benchlock import bench_lock  # noqa: E402
 
 LINEAR = kb.ROOT / "experiments" / "linear"
 ATTENTION = kb.ROOT / "experiments" / "attention"
-Row = tuple[str, float, float, float, float, str]
+Work = dict[str, tuple[float, float, float]]  # case -> flops, fresh bytes, resident bytes
+CRef = tuple[str, str, list[str]]  # a C reference: name, source, extra linker arguments
 
 
 def linear_shortlist(template: Any) -> list[dict[str, Any]]:
@@ -47,7 +51,7 @@ def linear_shortlist(template: Any) -> list[dict[str, Any]]:
     return combos
 
 
-def linear_suite(with_off: bool) -> tuple[kb.Suite, dict[str, tuple[float, float]]]:
+def linear_suite(with_off: bool) -> tuple[kb.Suite, Work]:
     contract = json.loads((LINEAR / "experiment.json").read_text())
     suite, work = [], {}
     for c in contract["cases"]:
@@ -57,8 +61,17 @@ def linear_suite(with_off: bool) -> tuple[kb.Suite, dict[str, tuple[float, float
         B, T, C, OC, bias = p["B"], p["T"], p["C"], p["OC"], p.get("bias", 1)
         suite.append((c["name"], [B, T, C, OC, bias]))
         BT = B * T
-        work[c["name"]] = (2.0 * BT * C * OC, 4.0 * (OC * C + BT * C + BT * OC + OC))
+        weights, io = 4.0 * (OC * C + OC), 4.0 * (BT * C + BT * OC)
+        # driver.c: weights up to 256 KiB are per call too (PER_CALL_WEIGHTS_MAX)
+        fresh = weights <= 256 * 1024
+        work[c["name"]] = (2.0 * BT * C * OC, io + weights * fresh, weights * (not fresh))
     return suite, work
+
+
+def linear_openblas() -> list[CRef]:
+    """numpy's OpenBLAS as a C reference in the harness, when numpy bundles it."""
+    lib = kb.numpy_openblas()
+    return [("OpenBLAS", kb.LINEAR_OPENBLAS, kb.openblas_link(lib))] if lib else []
 
 
 def linear_numpy(params: list[int], rng: np.random.Generator) -> Callable[[], object]:
@@ -75,8 +88,7 @@ def linear_numpy(params: list[int], rng: np.random.Generator) -> Callable[[], ob
     return call
 
 
-def attention_suite(eval_mod: Any, with_off: bool) -> tuple[kb.Suite, dict[str, tuple[float,
-                                                                                     float]]]:
+def attention_suite(eval_mod: Any, with_off: bool) -> tuple[kb.Suite, Work]:
     contract = json.loads((ATTENTION / "experiment.json").read_text())
     order = ["B", "H", "Hkv", "T", "S", "D", "causal"]
     suite, work = [], {}
@@ -89,7 +101,7 @@ def attention_suite(eval_mod: Any, with_off: bool) -> tuple[kb.Suite, dict[str, 
         pairs = T * (S - T) + T * (T + 1) // 2 if p["causal"] else T * S
         flops = 4.0 * p["B"] * p["H"] * p["D"] * pairs
         bytes_ = 4.0 * (2 * p["B"] * p["H"] * T * p["D"] + 2 * p["B"] * p["Hkv"] * S * p["D"])
-        work[c["name"]] = (flops, bytes_)
+        work[c["name"]] = (flops, bytes_, 0.0)  # every attention buffer is per call
     return suite, work
 
 
@@ -117,8 +129,10 @@ def attention_numpy(params: list[int], rng: np.random.Generator) -> Callable[[],
 def experiment(name: str, target: Any, drivers: list[Path], naive: str, template: Any,
                combos: list[dict[str, Any]], suite: kb.Suite,
                numpy_call: Callable[[list[int], np.random.Generator], Callable[[], object]],
-               work: Path, args: argparse.Namespace) -> tuple[dict[str, Any], kb.Samples]:
-    """Search the shortlist, then re-measure the winner against naive and numpy."""
+               work: Path, args: argparse.Namespace,
+               c_refs: list[CRef] | None = None) -> tuple[dict[str, Any], kb.Samples]:
+    """Search the shortlist, then re-measure the winner against naive, the C references
+    (interleaved by the driver) and numpy (timed after every round)."""
     labels = [f"t{i}" for i in range(len(combos))]
     built = kb.build(target, drivers, [(lab, template.render(c))
                                        for lab, c in zip(labels, combos, strict=True)],
@@ -132,30 +146,38 @@ def experiment(name: str, target: Any, drivers: list[Path], naive: str, template
     best = combos[names.index(kb.pick_best(found, names))]
     print(f"{name}: searched {len(combos)} combinations x {args.search_rounds} rounds; best "
           + ", ".join(f"{k}={v}" for k, v in best.items()))
-    built = kb.build(target, drivers, [("tuned", template.render(best)), ("naive", naive)],
-                     work / f"{name}-compare")
+    c_refs = c_refs or []
+    built = kb.build(target, drivers, [("tuned", template.render(best)), ("naive", naive)]
+                     + [(n, src) for n, src, _ in c_refs], work / f"{name}-compare",
+                     libs={n: link for n, _, link in c_refs})
     bench = kb.start(built, work, suite)
     rng = np.random.default_rng(3)
     refs = {case: numpy_call(params, rng) for case, params in suite}
     try:
-        samples = kb.interleaved(bench, suite, ["tuned", "naive"], args.rounds, refs)
+        samples = kb.interleaved(bench, suite, ["tuned", "naive", *(n for n, _, _ in c_refs)],
+                                 args.rounds, refs)
     finally:
         bench.close()
     return best, samples
 
 
-def table(title: str, host: kb.Host, work: dict[str, tuple[float, float]],
-          samples: kb.Samples) -> list[str]:
+def table(title: str, host: kb.Host, work: Work, samples: kb.Samples,
+          versus: str) -> list[str]:
+    """One row per case; GFLOPS for tuned and every reference; the time ratio to versus."""
+    refs = [m for m in next(iter(samples.values())) if m not in ("tuned", "naive")]
     lines = [f"{title} ({host.header()})", "",
-             "| case | naive us | tuned us | tuned GFLOPS | numpy GFLOPS | limit GFLOPS "
-             "| % of limit | binds | tuned/numpy time |", "|---|---|---|---|---|---|---|---|---|"]
-    for case, (flops, bytes_) in work.items():
+             "| case | naive us | tuned us | tuned GFLOPS | "
+             + "".join(f"{r} GFLOPS | " for r in refs)
+             + f"limit GFLOPS | % of limit | binds | tuned/{versus} time |",
+             "|---" * (8 + len(refs)) + "|"]
+    for case, (flops, fresh, resident) in work.items():
         med = {m: statistics.median(v) for m, v in samples[case].items()}
-        limit, binds = host.limit(flops, bytes_)
-        tuned, npy = flops / med["tuned"] / 1e3, flops / med["numpy"] / 1e3
+        limit, binds = host.limit(flops, fresh, resident)
+        tuned = flops / med["tuned"] / 1e3
         lines.append(f"| {case} | {med['naive']:.0f} | {med['tuned']:.1f} | {tuned:.1f} | "
-                     f"{npy:.1f} | {limit:.0f} | {100 * tuned / limit:.0f}% | {binds} | "
-                     f"{med['tuned'] / med['numpy']:.2f}x |")
+                     + "".join(f"{flops / med[r] / 1e3:.1f} | " for r in refs)
+                     + f"{limit:.0f} | {100 * tuned / limit:.0f}% | {binds} | "
+                     f"{med['tuned'] / med[versus]:.2f}x |")
     return lines
 
 
@@ -182,8 +204,9 @@ def main() -> None:
             best, samples = experiment(
                 "linear", lin_eval.SPEC.target, [LINEAR / "driver.c"],
                 (LINEAR / "naive.c").read_text(), template, linear_shortlist(template), suite,
-                linear_numpy, work, args)
-            out += table("linear", host, flops, samples) + ["", "tuned: " + ", ".join(
+                linear_numpy, work, args, linear_openblas())
+            versus = "OpenBLAS" if "OpenBLAS" in next(iter(samples.values())) else "numpy"
+            out += table("linear", host, flops, samples, versus) + ["", "tuned: " + ", ".join(
                 f"{k}={v}" for k, v in best.items()), ""]
         if args.only in (None, "attention"):
             att_eval = kb.load(ATTENTION / "eval.py", "attention_eval")
@@ -199,7 +222,7 @@ def main() -> None:
                 "attention", att_eval.SPEC.target, drivers,
                 (ATTENTION / "naive.c").read_text(), template, combos, suite,
                 attention_numpy, work, args)
-            out += table("attention", host, flops, samples) + ["", "tuned: " + ", ".join(
+            out += table("attention", host, flops, samples, "numpy") + ["", "tuned: " + ", ".join(
                 f"{k}={v}" for k, v in best.items()), ""]
     print(f"\n{args.rounds} interleaved rounds per experiment; medians of per-round "
           "per-call thread CPU time\n")

@@ -181,12 +181,18 @@ class Host:
     def peak(self) -> float:
         return max(self.peak_avx512, self.peak_avx2)
 
-    def limit(self, flops: float, bytes_: float) -> tuple[float, str]:
-        """min(peak, bandwidth x arithmetic intensity), the bandwidth of the cache level
-        that holds the working set; and which part binds."""
-        level, bw = ("L2", self.bw_l2) if bytes_ <= self.l2 else ("L3", self.bw_l3)
-        mem = bw * flops / bytes_
-        return (self.peak, "compute") if self.peak <= mem else (mem, level)
+    def limit(self, flops: float, fresh: float, resident: float = 0.0) -> tuple[float, str]:
+        """min(peak, each level's bandwidth x arithmetic intensity for the bytes it
+        carries), and which part binds. fresh: bytes a call gets in buffers of its own
+        (the harness gives every call of a batch new inputs and outputs, and a batch
+        sweeps megabytes of them, so they come from L3); resident: bytes every call
+        shares (a big case's weights), from L2 when they fit there, else from L3."""
+        l3 = fresh + (resident if resident > self.l2 else 0.0)
+        ceilings = {"compute": self.peak, "L2": self.bw_l2 * flops / (fresh + resident)}
+        if l3:
+            ceilings["L3"] = self.bw_l3 * flops / l3
+        binds = min(ceilings, key=lambda k: ceilings[k])
+        return ceilings[binds], binds
 
     def header(self) -> str:
         return (f"one core: FMA peak {self.peak:.0f} GFLOPS (AVX-512 {self.peak_avx512:.0f},"
@@ -216,15 +222,16 @@ def measure_host(work: Path) -> Host:
 
 
 def build(target: cbuild.CTarget, drivers: Sequence[Path], sources: list[tuple[str, str]],
-          folder: Path) -> cbuild.Build:
-    """One driver and one optimised worker per source (index 0 plays 'candidate')."""
+          folder: Path, libs: dict[str, Sequence[str]] | None = None) -> cbuild.Build:
+    """One driver and one optimised worker per source (index 0 plays 'candidate'); libs:
+    extra linker arguments by name (the in-harness BLAS reference)."""
     folder.mkdir(parents=True)
     impls = []
     for i, (name, text) in enumerate(sources):
         path = folder / f"impl{i}.c"
         path.write_text(text)
         impls.append(cbuild.Impl("candidate" if i == 0 else name, path))
-    return cbuild.build(target, impls, drivers, folder / "b", check=False)
+    return cbuild.build(target, impls, drivers, folder / "b", check=False, libs=libs)
 
 
 def start(built: cbuild.Build, work: Path, suite: Suite,
@@ -291,6 +298,24 @@ def interleaved(bench: BenchProcess, suite: Suite, names: list[str], n: int,
         for case, _ in suite:
             samples[case]["numpy"].append(time_call(refs[case]))
     return samples
+
+
+def numpy_openblas() -> Path | None:
+    """numpy's bundled OpenBLAS (scipy-openblas64: ILP64, symbols scipy_*64_), or None."""
+    import numpy
+
+    libs = Path(numpy.__file__).resolve().parent.parent / "numpy.libs"
+    found = sorted(libs.glob("libscipy_openblas64_*.so*"))
+    return found[0] if found else None
+
+
+def openblas_link(lib: Path) -> list[str]:
+    """Linker arguments for a worker that calls that library (found again at run time)."""
+    return [f"-L{lib.parent}", f"-l:{lib.name}", f"-Wl,-rpath,{lib.parent}"]
+
+
+# numpy's own sgemm as a C implementation the harness times like the kernels (see the file)
+LINEAR_OPENBLAS = (Path(__file__).parent / "linear_openblas.c").read_text()
 
 
 def blas_info() -> str:

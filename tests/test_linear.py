@@ -333,3 +333,86 @@ def test_primary_case_steers_sequential_stopping_only_when_timed(tmp_path: Path)
     contract = read_contract(tmp_path, spec.contract)
     assert primary_case(contract, ["a", "b"]) == "b"
     assert primary_case(contract, ["a"]) is None
+
+
+# ---------------- the benchmarks' in-harness OpenBLAS reference ----------------
+
+def _numpy_openblas() -> Path | None:
+    import numpy
+
+    found = sorted((Path(numpy.__file__).resolve().parent.parent / "numpy.libs")
+                   .glob("libscipy_openblas64_*.so*"))
+    return found[0] if found else None
+
+
+OPENBLAS_REF = ROOT / "benchmarks" / "linear_openblas.c"
+
+
+def _openblas_link(lib: Path) -> list[str]:
+    return [f"-L{lib.parent}", f"-l:{lib.name}", f"-Wl,-rpath,{lib.parent}"]
+
+
+@pytest.mark.skipif(_numpy_openblas() is None, reason="numpy bundles no scipy-openblas64")
+def test_openblas_reference_is_timed_in_the_harness(tmp_path: Path) -> None:
+    """bench_roofline times numpy's own sgemm as a C implementation linked into a worker
+    (cbuild's libs=, for trusted references): it passes the full result check and is
+    timed next to naive, on the same buffers, in the same rounds."""
+    from ratchetloop.harness.timing import BenchProcess
+
+    lib = _numpy_openblas()
+    assert lib is not None
+    built = cbuild.build(
+        TARGET, [cbuild.Impl("candidate", LINEAR / "naive.c"),
+                 cbuild.Impl("OpenBLAS", OPENBLAS_REF)],
+        [LINEAR / "driver.c"], tmp_path / "b", check=False,
+        libs={"OpenBLAS": _openblas_link(lib)})
+    bench = BenchProcess(built.driver, cwd=tmp_path)
+    try:
+        answers: list[str] = []
+        for w in built.workers:
+            answers += bench.command(f"impl {w.name} {w.binary}", 60)
+        answers += bench.command("seed 7", 60)
+        answers += bench.command("case qkv 1 5 64 96 1", 60)
+        answers += bench.command("case nobias 2 3 33 17 0", 60)
+        answers += bench.command("check", 120)
+        assert not [a for a in answers if a.startswith("fail")], answers
+        bench.command("calibrate 500 1 2000 1", 120)
+        times = [line.split() for line in bench.command("rounds 1", 120)]
+    finally:
+        bench.close()
+    assert {(t[1], t[2]) for t in times} == {("0", "0"), ("0", "1"), ("1", "0"), ("1", "1")}
+    assert all(float(t[3]) > 0 for t in times)
+
+
+OPENBLAS_MAIN = r"""
+#include <math.h>
+#include <stdio.h>
+void matmul_forward(float*, const float*, const float*, const float*, int, int, int, int);
+int main(void) {
+    static float x[64 * 96], w[96 * 96], b[96], o[64 * 96];
+    for (int i = 0; i < 64 * 96; i++) x[i] = (float)(i % 7) - 3.0f;
+    for (int i = 0; i < 96 * 96; i++) w[i] = (float)(i % 5) - 2.0f;
+    for (int i = 0; i < 96; i++) b[i] = 1.0f;
+    matmul_forward(o, x, w, b, 1, 64, 96, 96);
+    printf("%s\n", isnan(o[0]) ? "nan" : "number");
+    return 0;
+}
+"""
+
+
+@pytest.mark.skipif(_numpy_openblas() is None or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs numpy's scipy-openblas64 and two CPUs")
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_openblas_reference_refuses_to_run_threaded(tmp_path: Path, threads: str) -> None:
+    """The harness pins workers to one CPU and clears their environment, so OpenBLAS runs
+    one thread there. Elsewhere a second thread would do work the caller's CPU time
+    misses: the reference then writes NaN, which the harness's check rejects."""
+    lib = _numpy_openblas()
+    assert lib is not None
+    (tmp_path / "main.c").write_text(OPENBLAS_MAIN)
+    subprocess.run(["gcc", "-O2", str(tmp_path / "main.c"), str(OPENBLAS_REF), "-o",
+                    str(tmp_path / "m"), *_openblas_link(lib), "-lm"], check=True)
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": threads}
+    got = subprocess.run([str(tmp_path / "m")], env=env, capture_output=True, text=True,
+                         check=True, timeout=60).stdout.strip()
+    assert got == ("number" if threads == "1" else "nan")

@@ -338,8 +338,9 @@ def build_driver(target: CTarget, driver_sources: Sequence[Path], out_dir: Path)
 
 
 def link_worker(target: CTarget, compiled: Compiled, out_dir: Path, tag: str,
-                sanitize: bool = False) -> Worker:
-    """One implementation's worker binary (the sanitizer one copies pointer arguments)."""
+                sanitize: bool = False, libs: Sequence[str] = ()) -> Worker:
+    """One implementation's worker binary (the sanitizer one copies pointer arguments).
+    libs: extra linker arguments, for trusted references only (a benchmark's BLAS)."""
     invoke = out_dir / "rl_invoke.c"
     if not invoke.exists():
         invoke.write_text(invoke_source(target), encoding="utf-8")
@@ -347,7 +348,7 @@ def link_worker(target: CTarget, compiled: Compiled, out_dir: Path, tag: str,
     defs = ["-DRL_SANITIZER", "-DRL_COPY_ARGS"] if sanitize else []
     flags = [*BASE_FLAGS, *(SANITIZE_FLAGS if sanitize else ()), *LINK_FLAGS]
     argv = [target.cc, *flags, *defs, f"-I{HARNESS_C_DIR}", str(HARNESS_C_DIR / WORKER_SOURCE),
-            str(invoke), str(compiled.obj), "-o", str(binary), "-lm"]
+            str(invoke), str(compiled.obj), "-o", str(binary), *libs, "-lm"]
     proc = _run(argv, out_dir, target.compile_timeout)
     diag = tidy_diagnostics(proc.stderr, out_dir, HARNESS_C_DIR)
     if proc.returncode != 0:
@@ -371,9 +372,10 @@ def check_candidate(target: CTarget, fast: Compiled, san: Compiled | None) -> No
 
 def build(target: CTarget, impls: Sequence[Impl], driver_sources: Sequence[Path],
           out_dir: Path, *, sanitize: bool = False, check: bool = True,
-          driver: Path | None = None) -> Build:
+          driver: Path | None = None, libs: dict[str, Sequence[str]] | None = None) -> Build:
     """The driver and one worker per implementation (impls[0] is "the candidate": its
-    object is checked when `check`); sanitizer workers when `sanitize`."""
+    object is checked when `check`); sanitizer workers when `sanitize`. libs: extra linker
+    arguments by implementation name (trusted references only, e.g. a benchmark's BLAS)."""
     out_dir = out_dir.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     impls = [Impl(i.name, Path(i.source).resolve()) for i in impls]
@@ -393,8 +395,10 @@ def build(target: CTarget, impls: Sequence[Impl], driver_sources: Sequence[Path]
                 check_candidate(target, fast, compiled[0])
             else:
                 check_candidate(target, compiled[0], None)
-        workers = list(pool.map(lambda kc: link_worker(target, kc[1], out_dir, f"impl{kc[0]}",
-                                                       sanitize), enumerate(compiled)))
+        extra = libs or {}
+        workers = list(pool.map(lambda kc: link_worker(
+            target, kc[1], out_dir, f"impl{kc[0]}", sanitize,
+            extra.get(kc[1].impl.name, ())), enumerate(compiled)))
         binary = drv.result() if drv is not None else cast(Path, driver)
     return Build(driver=binary, workers=workers, log=log + "".join(c.log for c in compiled),
                  objects={c.impl.name: c.obj for c in compiled})
