@@ -1,4 +1,4 @@
-"""Side-by-side: best tuner template kernel vs naive vs numpy (1 thread) on the linear cases.
+"""Side-by-side: best tuner template kernel vs naive vs OpenBLAS (1 thread) on the linear cases.
 
     taskset -c 1 .venv/bin/python benchmarks/bench_linear.py [--rounds N] [--search-rounds N]
 
@@ -6,11 +6,13 @@
    of the defaults' neighbourhood; --all: a seeded random sample of 40) is built through
    ratchetloop.harness, one worker each under one driver, and timed interleaved for
    --search-rounds; the lowest sum over cases of median per-call time wins;
-2. measure: the winner is re-measured in a fresh driver, interleaved with naive, and
-   numpy's single-threaded matmul (out = inp @ W.T + b) is timed after every round, so
-   the figures printed never come from the rounds that chose the winner (no winner's
-   curse) and every implementation has the same estimator: the median over rounds of one
-   per-call sample (thread CPU time, a batch of >= 2 ms) per round.
+2. measure: the winner is re-measured in a fresh driver, interleaved with naive and with
+   numpy's own OpenBLAS sgemm linked into a worker (benchmarks/linear_openblas.c: same
+   sandbox, per-call buffers and estimator as the kernels), so the figures printed never
+   come from the rounds that chose the winner (no winner's curse) and every
+   implementation has the same estimator: the median over rounds of one per-call sample
+   (thread CPU time, a batch of >= 2 ms) per round. numpy from Python is timed after
+   every round too, for reference (it pays call overhead but reuses warm buffers).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from bench_roofline import (  # noqa: E402
     LINEAR,
     experiment,
     linear_numpy,
+    linear_openblas,
     linear_shortlist,
     linear_suite,
 )
@@ -52,22 +55,22 @@ def main() -> None:
         work = Path(t)
         knobs, s = experiment("linear", target, [LINEAR / "driver.c"],
                               (LINEAR / "naive.c").read_text(), template, combos, suite,
-                              linear_numpy, work, args)
+                              linear_numpy, work, args, linear_openblas())
+    ref = "OpenBLAS" if "OpenBLAS" in next(iter(s.values())) else "numpy"
     print(f"re-measured in a fresh driver: {args.rounds} interleaved rounds, medians (us)")
     print(f"{'case':<15}{'shape BTxC->OC':>18}{'naive us':>11}{'tuned us':>10}"
-          f"{'speedup':>9}{'numpy us':>10}{'tuned/numpy':>12}")
-    tot = {"naive": 0.0, "tuned": 0.0, "numpy": 0.0}
+          f"{'speedup':>9}{ref + ' us':>13}{'numpy us':>10}{'tuned/' + ref:>16}")
+    tot = {"naive": 0.0, "tuned": 0.0, ref: 0.0, "numpy": 0.0}
     for name, (B, T, C, OC, _) in suite:
         med = {m: statistics.median(v) for m, v in s[name].items()}
         for m in tot:
             tot[m] += med[m]
         print(f"{name:<15}{f'{B * T}x{C}->{OC}':>18}{med['naive']:>11.1f}{med['tuned']:>10.1f}"
-              f"{med['naive'] / med['tuned']:>8.1f}x{med['numpy']:>10.1f}"
-              f"{med['tuned'] / med['numpy']:>11.2f}x")
+              f"{med['naive'] / med['tuned']:>8.1f}x{med[ref]:>13.1f}{med['numpy']:>10.1f}"
+              f"{med['tuned'] / med[ref]:>15.2f}x")
     print(f"{'suite total':<33}{tot['naive']:>11.1f}{tot['tuned']:>10.1f}"
-          f"{tot['naive'] / tot['tuned']:>8.1f}x{tot['numpy']:>10.1f}"
-          f"{tot['tuned'] / tot['numpy']:>11.2f}x")
-
+          f"{tot['naive'] / tot['tuned']:>8.1f}x{tot[ref]:>13.1f}{tot['numpy']:>10.1f}"
+          f"{tot['tuned'] / tot[ref]:>15.2f}x")
 
 if __name__ == "__main__":
     main()

@@ -24,7 +24,8 @@ transposed (both inp and weight are C-contiguous) and small token counts need no
             sums in vectors along the tokens, fed by broadcasts of the weights: no
             horizontal sums, and every weight is loaded once per token panel; band16: that
             kernel for 16..31 tokens only (one vector of tokens x MV*NR channels), the dot
-            form from 32 on
+            form from 32 on; band16_outer512: band16, and the tile again from 512 tokens,
+            where inp no longer stays in L2 for the dot form's panel sweeps
   tile      the outer kernel's tile, "VxNR": V vectors of tokens x NR channels (avx2 uses
             NR/2, for its 16 registers)
 Edge rows (BT % rows) use the same kernel one row at a time; OC % cols and C % vector
@@ -45,12 +46,12 @@ KNOBS: dict[str, list[Any]] = {
     "order": ["oc_outer", "bt_outer"],
     "pack": [0, 1],
     "prefetch": [0, 256],
-    "large": ["dot", "outer32", "outer16", "band16"],
+    "large": ["dot", "outer32", "outer16", "band16", "band16_outer512"],
     "tile": ["2x12", "1x24", "3x8", "4x6"],
 }
 DEFAULTS: dict[str, Any] = {"simd": "avx512", "rows": 4, "cols": 6, "kc": 0,
                             "order": "oc_outer", "pack": 0, "prefetch": 0,
-                            "large": "band16", "tile": "2x12"}
+                            "large": "band16_outer512", "tile": "2x12"}
 
 
 def combinations() -> list[dict[str, Any]]:
@@ -371,11 +372,14 @@ def _outer(v: _Vec, MV: int, NR: int, kc: int, bts: tuple[int, int], ind: str) -
 def _outers(v: _Vec, MV: int, NR: int, kc: int, large: str, ind: str) -> list[str]:
     """outer32: the tile from 32 tokens on; outer16 adds a one-vector-tall tile (1 x MV*NR,
     the same accumulator count) for 16..31 tokens, where a taller tile would be half
-    padding; band16 is that one-vector tile alone."""
+    padding; band16 is that one-vector tile alone, band16_outer512 adds the tile from 512
+    tokens on."""
     out = []
     if large in ("outer32", "outer16"):
         out += _outer(v, MV, NR, kc, (32, 1 << 30), ind)
-    if large in ("outer16", "band16"):
+    if large == "band16_outer512":
+        out += _outer(v, MV, NR, kc, (512, 1 << 30), ind)
+    if large != "dot" and large != "outer32":
         out += _outer(v, 1, MV * NR, kc, (16, 32), ind)
     return out
 
