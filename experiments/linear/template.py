@@ -23,7 +23,7 @@ transposed (both inp and weight are C-contiguous) and small token counts need no
             (BT x kc, cheap), and a tile of MR token rows x NR output channels keeps its
             sums in vectors along the tokens, fed by broadcasts of the weights: no
             horizontal sums, and every weight is loaded once per token panel; band16: that
-            kernel for 16..31 tokens only (one vector of tokens x MV*NR channels), the dot
+            kernel for 16..31 tokens only (one vector of tokens x NR channels), the dot
             form from 32 on; band16_outer512: band16, and the tile again from 512 tokens,
             where inp no longer stays in L2 for the dot form's panel sweeps
   tile      the outer kernel's tile, "VxNR": V vectors of tokens x NR channels (avx2 uses
@@ -251,17 +251,23 @@ def _path(v: _Vec, R: int, K: int, kc: int, order: str, pack: bool, prefetch: in
     return out
 
 
+STAGE_ABOVE = 12  # the outer kernel stages its weight rows when it has more than this
+
+
 def _outer(v: _Vec, MV: int, NR: int, kc: int, bts: tuple[int, int], ind: str) -> list[str]:
     """The outer-product form for bts[0] <= BT < bts[1]: a brace block that returns when
     done, and does nothing when the scratch cannot be allocated, so the caller falls
     through to the dot form.
 
-    Every U=16 c-steps, the NR weight rows' next 16 floats are staged in a stack tile
-    (one vector load and store per row), and the broadcasts read the tile at constant
-    offsets from one pointer. Broadcasting straight from NR row pointers needs NR
-    registers for them: gcc spills half and reloads one per FMA (36 loads per 24 FMAs
-    instead of 25, ~60% of peak at BT=16), and rows C floats apart share L1 sets when C
-    is a multiple of 512 (fcproj, C=3072: 79 -> 106 GFLOPS staged, side by side)."""
+    With more than STAGE_ABOVE rows, every U=16 c-steps the NR weight rows' next 16
+    floats are staged in a stack tile (one vector load and store per row), and the
+    broadcasts read the tile at constant offsets from one pointer. Broadcasting straight
+    from 24 row pointers needs 24 registers for them: gcc spills half and reloads one per
+    FMA (36 loads per 24 FMAs instead of 25, ~60% of peak at BT=16), and rows C floats
+    apart share L1 sets when C is a multiple of 512 (fcproj, C=3072: 79 -> 106 GFLOPS
+    staged, side by side). Up to 12 rows the pointers mostly fit, and the staging's
+    stores cost more than they save (12 rows unstaged: 131-136 GFLOPS at BT=16, C=768,
+    against 125-128 for 24 staged)."""
     W, MR, U = v.width, MV * v.width, 16
     chunk = f"({kc} < C ? {kc} : C)" if kc else "C"
     lo, hi = bts
@@ -275,8 +281,9 @@ def _outer(v: _Vec, MV: int, NR: int, kc: int, bts: tuple[int, int], ind: str) -
         f"{ind}float* xt = BT >= {lo} && BT < {hi} ? (float*)aligned_alloc(64, "
         f"sizeof(float) * (size_t)npan * {MR} * (size_t)kcs) : NULL;",
         f"{ind}if (xt != NULL) {{",
-        f"{i1}float tile[{NR}][{U}] __attribute__((aligned(64)));",
-        f"{i1}const size_t opaque = (size_t)(C < 0) * 64; /* 0: C >= 1 */",
+        *([f"{i1}float tile[{NR}][{U}] __attribute__((aligned(64)));",
+           f"{i1}const size_t opaque = (size_t)(C < 0) * 64; /* 0: C >= 1 */"]
+          if NR > STAGE_ABOVE else []),
         f"{i1}for (int c0 = 0; c0 < C; c0 += kcs) {{",
         f"{i2}const int n = C - c0 < kcs ? C - c0 : kcs;",
         f"{i2}const int first = c0 == 0;",
@@ -333,14 +340,18 @@ def _outer(v: _Vec, MV: int, NR: int, kc: int, bts: tuple[int, int], ind: str) -
 
     out.append(f"{i4}int i = 0;")
     out.append(f"{i4}for (; i + {U} <= n; i += {U}) {{")
-    for k in range(NR):
-        for j in range(0, U, W):
-            out.append(f"{i5}{v.p}_store_ps(&tile[{k}][{j}], {v.load(f'w{k} + {j}')});")
-    # through an offset gcc cannot prove is zero: else it forwards the stores above into
-    # the broadcasts as lane extracts, on the shuffle port the FMAs need
-    out.append(f"{i5}const float* tp = (const float*)((const char*)&tile[0][0] + opaque);")
-    for u in range(U):
-        out += step(f"i + {u}", lambda k, u=u: f"tp[{k * U + u}]", i5)
+    if NR > STAGE_ABOVE:
+        for k in range(NR):
+            for j in range(0, U, W):
+                out.append(f"{i5}{v.p}_store_ps(&tile[{k}][{j}], {v.load(f'w{k} + {j}')});")
+        # through an offset gcc cannot prove is zero: else it forwards the stores above
+        # into the broadcasts as lane extracts, on the shuffle port the FMAs need
+        out.append(f"{i5}const float* tp = (const float*)((const char*)&tile[0][0] + opaque);")
+        for u in range(U):
+            out += step(f"i + {u}", lambda k, u=u: f"tp[{k * U + u}]", i5)
+    else:
+        for u in range(U):
+            out += step(f"i + {u}", lambda k, u=u: f"w{k}[{u}]", i5)
     out.append(f"{i5}" + " ".join(f"w{k} += {U};" for k in range(NR)))
     out.append(f"{i4}}}")
     out.append(f"{i4}for (; i < n; i++) {{")
@@ -375,17 +386,18 @@ def _outer(v: _Vec, MV: int, NR: int, kc: int, bts: tuple[int, int], ind: str) -
 
 
 def _outers(v: _Vec, MV: int, NR: int, kc: int, large: str, ind: str) -> list[str]:
-    """outer32: the tile from 32 tokens on; outer16 adds a one-vector-tall tile (1 x MV*NR,
-    the same accumulator count) for 16..31 tokens, where a taller tile would be half
-    padding; band16 is that one-vector tile alone, band16_outer512 adds the tile from 512
-    tokens on."""
+    """outer32: the tile from 32 tokens on; outer16 adds a one-vector-tall tile (1 x NR)
+    for 16..31 tokens, where a taller tile would be half padding; band16 is that
+    one-vector tile alone, band16_outer512 adds the tile from 512 tokens on. 1 x NR, not
+    1 x MV*NR: at 16 tokens 12 rows unstaged measured 131-140 GFLOPS against 125-128 for
+    24 staged, and 119-126 for 14 staged, 123-135 for 10 (1x24 keeps the staged form)."""
     out = []
     if large in ("outer32", "outer16"):
         out += _outer(v, MV, NR, kc, (32, 1 << 30), ind)
     if large == "band16_outer512":
         out += _outer(v, MV, NR, kc, (512, 1 << 30), ind)
     if large != "dot" and large != "outer32":
-        out += _outer(v, 1, MV * NR, kc, (16, 32), ind)
+        out += _outer(v, 1, NR, kc, (16, 32), ind)
     return out
 
 
