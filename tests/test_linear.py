@@ -138,7 +138,11 @@ def test_template_covering_sample_passes_sanitizer_validation(tmp_path: Path) ->
     combos = covering_sample()
     for knob, values in template.KNOBS.items():
         assert {c[knob] for c in combos} == set(values), knob
-    validate_all(combos, tmp_path, sanitize=True)
+    # the outer kernel's staged form (more than STAGE_ABOVE weight rows: AVX-512, 1x24),
+    # for 16..31 tokens and from 32 on, which the sample above happens not to reach
+    staged = {**template.DEFAULTS, "large": "outer16", "tile": "1x24", "kc": 256}
+    assert "tile[" in template.render(staged)
+    validate_all(combos + [staged], tmp_path, sanitize=True)
 
 
 @pytest.mark.skipif(not os.environ.get("RATCHET_ALL_KNOBS"),
