@@ -5,14 +5,15 @@
 1. search: a shortlist of template knob combinations (every register tile and K-block
    of the defaults' neighbourhood; --all: a seeded random sample of 40) is built through
    ratchetloop.harness, one worker each under one driver, and timed interleaved for
-   --search-rounds; the lowest sum over cases of median per-call time wins;
+   --search-rounds; the lowest geometric mean over cases of median per-call time wins;
 2. measure: the winner is re-measured in a fresh driver, interleaved with naive and with
    numpy's own OpenBLAS sgemm linked into a worker (benchmarks/linear_openblas.c: same
    sandbox, per-call buffers and estimator as the kernels), so the figures printed never
    come from the rounds that chose the winner (no winner's curse) and every
    implementation has the same estimator: the median over rounds of one per-call sample
-   (thread CPU time, a batch of >= 2 ms) per round. numpy from Python is timed after
-   every round too, for reference (it pays call overhead but reuses warm buffers).
+   (thread CPU time, a batch of >= --batch-ms, default 8 ms) per round. numpy from
+   Python is timed after every round too, for reference (it pays call overhead but
+   reuses warm buffers).
 """
 
 from __future__ import annotations
@@ -41,6 +42,10 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=12)
     ap.add_argument("--search-rounds", type=int, default=3)
+    ap.add_argument("--batch-ms", type=float, default=8.0,
+                    help="shortest timed batch when re-measuring (default 8; the loop's "
+                    "harness uses 2, where a batch's first call, finding the weights "
+                    "evicted by the other workers' batches, weighs more)")
     ap.add_argument("--all", action="store_true",
                     help="search a random sample of 40 combinations besides the shortlist")
     args = ap.parse_args()
