@@ -51,7 +51,7 @@ KNOBS: dict[str, list[Any]] = {
 }
 DEFAULTS: dict[str, Any] = {"simd": "avx512", "rows": 4, "cols": 6, "kc": 0,
                             "order": "oc_outer", "pack": 0, "prefetch": 0,
-                            "large": "band16_outer512", "tile": "2x12"}
+                            "large": "outer16", "tile": "2x12"}
 
 
 def combinations() -> list[dict[str, Any]]:
@@ -358,20 +358,25 @@ def _outer(v: _Vec, MV: int, NR: int, kc: int, bts: tuple[int, int], ind: str) -
     out += step("i", lambda k: f"*w{k}", i5)
     out.append(f"{i5}" + " ".join(f"w{k}++;" for k in range(NR)))
     out.append(f"{i4}}}")
-    out += [f"{i4}float t[{NR}][{MR}];"]
-    for k in range(NR):
-        for m in range(MV):
-            out.append(f"{i4}{v.p}_storeu_ps(&t[{k}][{m * W}], {accs[m][k]});")
+    out += [f"{i4}const int nb = BT - p * {MR} < {MR} ? BT - p * {MR} : {MR};"]
+    if W == 16:
+        out += _transpose_store(accs, MR, NR, i4)
+    else:
+        out += [f"{i4}float t[{NR}][{MR}];"]
+        for k in range(NR):
+            for m in range(MV):
+                out.append(f"{i4}{v.p}_storeu_ps(&t[{k}][{m * W}], {accs[m][k]});")
+        out += [
+            f"{i4}for (int m = 0; m < nb; m++) {{",
+            f"{i4}    float* orow = out + (size_t)(p * {MR} + m) * OC + o0;",
+            f"{i4}    if (first) {{",
+            f"{i4}        for (int k = 0; k < no; k++) orow[k] = t[k][m];",
+            f"{i4}    }} else {{",
+            f"{i4}        for (int k = 0; k < no; k++) orow[k] += t[k][m];",
+            f"{i4}    }}",
+            f"{i4}}}",
+        ]
     out += [
-        f"{i4}const int nb = BT - p * {MR} < {MR} ? BT - p * {MR} : {MR};",
-        f"{i4}for (int m = 0; m < nb; m++) {{",
-        f"{i4}    float* orow = out + (size_t)(p * {MR} + m) * OC + o0;",
-        f"{i4}    if (first) {{",
-        f"{i4}        for (int k = 0; k < no; k++) orow[k] = t[k][m];",
-        f"{i4}    }} else {{",
-        f"{i4}        for (int k = 0; k < no; k++) orow[k] += t[k][m];",
-        f"{i4}    }}",
-        f"{i4}}}",
         f"{i3}}}",
         f"{i2}}}",
         f"{i2}}}",
@@ -382,6 +387,54 @@ def _outer(v: _Vec, MV: int, NR: int, kc: int, bts: tuple[int, int], ind: str) -
         f"{ind}}}",
         f"{ind0}}}",
     ]
+    return out
+
+
+def _transpose_store(accs: list[list[str]], MR: int, NR: int, ind: str) -> list[str]:
+    """AVX-512: write a tile's sums (vectors along the tokens) into out's rows (along the
+    channels) through 16x16 in-register transposes, one masked store per token row and
+    group of 16 channels. Through a scalar scratch copy it was 3 memory operations per
+    sum; this is 64 shuffles per 16x16 block."""
+    out: list[str] = []
+    for m, row in enumerate(accs):
+        for g in range(0, NR, 16):
+            r = [row[g + i] if g + i < NR else "_mm512_setzero_ps()" for i in range(16)]
+            out.append(f"{ind}{{")
+            i1 = ind + "    "
+            for i in range(8):  # t[2i], t[2i+1]: rows 2i, 2i+1 interleaved
+                out.append(f"{i1}__m512 t{2 * i} = _mm512_unpacklo_ps({r[2 * i]}, {r[2 * i + 1]}),"
+                           f" t{2 * i + 1} = _mm512_unpackhi_ps({r[2 * i]}, {r[2 * i + 1]});")
+            for q in range(4):  # u[4q + j]: column 4L + j of rows 4q..4q+3, in lane L
+                a, b = f"t{4 * q}", f"t{4 * q + 2}"
+                c, d = f"t{4 * q + 1}", f"t{4 * q + 3}"
+                out.append(f"{i1}__m512 u{4 * q} = _mm512_shuffle_ps({a}, {b}, 0x44), "
+                           f"u{4 * q + 1} = _mm512_shuffle_ps({a}, {b}, 0xEE), "
+                           f"u{4 * q + 2} = _mm512_shuffle_ps({c}, {d}, 0x44), "
+                           f"u{4 * q + 3} = _mm512_shuffle_ps({c}, {d}, 0xEE);")
+            cols: dict[int, str] = {}
+            for j in range(4):
+                out.append(f"{i1}__m512 vl{j} = _mm512_shuffle_f32x4(u{j}, u{4 + j}, 0x88), "
+                           f"vh{j} = _mm512_shuffle_f32x4(u{j}, u{4 + j}, 0xDD), "
+                           f"wl{j} = _mm512_shuffle_f32x4(u{8 + j}, u{12 + j}, 0x88), "
+                           f"wh{j} = _mm512_shuffle_f32x4(u{8 + j}, u{12 + j}, 0xDD);")
+                for lane, (x, y, imm) in enumerate([("vl", "wl", "0x88"), ("vh", "wh", "0x88"),
+                                                    ("vl", "wl", "0xDD"), ("vh", "wh", "0xDD")]):
+                    name = f"c{4 * lane + j}"
+                    out.append(f"{i1}__m512 {name} = _mm512_shuffle_f32x4({x}{j}, {y}{j}, {imm});")
+                    cols[4 * lane + j] = name
+            out += [f"{i1}const int ng = no - {g};",
+                    f"{i1}const __mmask16 mk = ng >= 16 ? (__mmask16)0xFFFF : "
+                    "(__mmask16)((1u << (ng > 0 ? ng : 0)) - 1);",
+                    f"{i1}if (mk) {{"]
+            for c in range(16):
+                tok = m * 16 + c
+                out += [f"{i1}    if ({tok} < nb) {{",
+                        f"{i1}        float* orow = out + (size_t)(p * {MR} + {tok}) * OC"
+                        f" + o0 + {g};",
+                        f"{i1}        _mm512_mask_storeu_ps(orow, mk, first ? {cols[c]} : "
+                        f"_mm512_add_ps({cols[c]}, _mm512_maskz_loadu_ps(mk, orow)));",
+                        f"{i1}    }}"]
+            out += [f"{i1}}}", f"{ind}}}"]
     return out
 
 
