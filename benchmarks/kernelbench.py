@@ -115,7 +115,7 @@ __attribute__((target("avx2,fma"))) static float sweep(const float *p, long n) {
     return o[0] + o[3];
 }
 int main(int argc, char **argv) {
-    long l2 = atol(argv[1]), l3 = atol(argv[2]);
+    long l2 = atol(argv[1]), l3 = atol(argv[2]), mem = atol(argv[3]);
     volatile float sink = 0;
     double best512 = 0, best256 = 0;
     long n = 20000000;
@@ -129,8 +129,9 @@ int main(int argc, char **argv) {
         if (n * 12 * 16 / t > best256) best256 = n * 12 * 16 / t;
     }
     printf("peak_avx512 %.3f\npeak_avx2 %.3f\n", best512 / 1e9, best256 / 1e9);
-    long sizes[2] = {l2, l3};
-    for (int k = 0; k < 2; k++) {
+    long sizes[3] = {l2, l3, mem};
+    const char *names[3] = {"bw_l2", "bw_l3", "bw_mem"};
+    for (int k = 0; k < 3; k++) {
         long nf = sizes[k] / 4;
         float *p = aligned_alloc(64, (size_t)nf * 4);
         for (long i = 0; i < nf; i++) p[i] = (float)(i & 7);
@@ -142,7 +143,7 @@ int main(int argc, char **argv) {
             t = now() - t;
             if (t < best) best = t;
         }
-        printf("%s %.3f\n", k ? "bw_l3" : "bw_l2", (double)reps * sizes[k] / best / 1e9);
+        printf("%s %.3f\n", names[k], (double)reps * sizes[k] / best / 1e9);
         free(p);
     }
     return sink == 12345.f;
@@ -173,6 +174,7 @@ class Host:
     peak_avx2: float
     bw_l2: float
     bw_l3: float
+    bw_mem: float
     l2: int
     l3: int
     l2_ws: int
@@ -200,7 +202,11 @@ class Host:
                 f" AVX2 {self.peak_avx2:.0f}); read bandwidth L2 {self.bw_l2:.0f} GB/s "
                 f"({self.l2_ws >> 10} KiB working set, L2 {self.l2 >> 20} MiB), L3 "
                 f"{self.bw_l3:.0f} GB/s ({self.l3_ws >> 20} MiB working set, L3 "
-                f"{self.l3 >> 20} MiB)")
+                f"{self.l3 >> 20} MiB), memory {self.bw_mem:.0f} GB/s "
+                f"({MEM_WS >> 20} MiB working set)")
+
+
+MEM_WS = 1 << 30  # far past any L3 share: memory bandwidth, for reference
 
 
 def measure_host(work: Path) -> Host:
@@ -212,11 +218,11 @@ def measure_host(work: Path) -> Host:
     src.write_text(PROBE)
     binary = work / "probe"
     subprocess.run(["gcc", "-O2", "-std=gnu11", str(src), "-o", str(binary)], check=True)
-    out = subprocess.run([str(binary), str(l2_ws), str(l3_ws)], check=True,
+    out = subprocess.run([str(binary), str(l2_ws), str(l3_ws), str(MEM_WS)], check=True,
                          capture_output=True, text=True).stdout
     got = {k: float(v) for k, v in (line.split() for line in out.splitlines())}
-    return Host(got["peak_avx512"], got["peak_avx2"], got["bw_l2"], got["bw_l3"], l2, l3,
-                l2_ws, l3_ws)
+    return Host(got["peak_avx512"], got["peak_avx2"], got["bw_l2"], got["bw_l3"],
+                got["bw_mem"], l2, l3, l2_ws, l3_ws)
 
 
 # ---------------------------------------------------------------- C implementations
