@@ -50,7 +50,7 @@ WARN_FLAGS = ("-Wall", "-Werror=implicit-function-declaration")
 # A/A run of the attention kernel measured impl 0 ~20% faster than an identical reference
 # (function/loop placement against the 32-byte boundaries the front end cares about).
 LAYOUT_FLAGS = ("-falign-functions=64", "-Wa,-mbranches-within-32B-boundaries")
-SANITIZE_FLAGS = ("-g", "-fsanitize=address,undefined", "-fno-omit-frame-pointer",
+SANITIZE_FLAGS = ("-g1", "-fsanitize=address,undefined", "-fno-omit-frame-pointer",
                   "-fno-sanitize-recover=all")
 LINK_FLAGS = ("-Wl,-z,relro,-z,now", "-Wl,-z,noexecstack")
 CANDIDATE = "candidate"
