@@ -126,6 +126,17 @@ def _store_sums(nr: int, K: int, ind: str) -> list[str]:
     return out
 
 
+def _fmas(v: _Vec, accs: list[list[str]], w_of: Callable[[int], str], ind: str) -> list[str]:
+    """accs[r][k] += x{r} * w(k) for every r and k: one w per k, shared by all the x."""
+    out = []
+    for k in range(len(accs[0])):
+        out.append(f"{ind}{{ {v.type} w = {w_of(k)};")
+        for r, row in enumerate(accs):
+            out.append(f"{ind}  {row[k]} = {v.fma(f'x{r}', 'w', row[k])};")
+        out.append(f"{ind}}}")
+    return out
+
+
 def _block(v: _Vec, nr: int, K: int, prefetch: int, stream: str, ind: str) -> list[str]:
     """One nr x K register block over the chunk [c0, c1): accumulate, reduce, store."""
     W = v.width
@@ -143,11 +154,7 @@ def _block(v: _Vec, nr: int, K: int, prefetch: int, stream: str, ind: str) -> li
                    else [f"wp[{k}]" for k in range(K)])
         for t in targets:
             out.append(f"{i2}    __builtin_prefetch({t} + i + {prefetch});")
-    for k in range(K):
-        out.append(f"{i2}    {{ {v.type} w = {v.load(f'wp[{k}] + i')};")
-        for r in range(nr):
-            out.append(f"{i2}      {accs[r][k]} = {v.fma(f'x{r}', 'w', accs[r][k])};")
-        out.append(f"{i2}    }}")
+    out += _fmas(v, accs, lambda k: v.load(f"wp[{k}] + i"), i2 + "    ")
     out.append(f"{i2}}}")
     k4 = (K + 3) // 4 * 4
     out.append(f"{i2}float s[{nr}][{k4}];")
@@ -336,11 +343,7 @@ def _outer(v: _Vec, MV: int, NR: int, kc: int, bts: tuple[int, int], ind: str) -
         for m in range(MV):
             off = f" + {m * W}" if m else ""
             lines.append(f"{ind_}    {v.type} x{m} = {v.load(f'{i}{off}')};")
-        for k in range(NR):
-            lines.append(f"{ind_}    {{ {v.type} w = {v.p}_set1_ps({at(k)});")
-            for m in range(MV):
-                lines.append(f"{ind_}      {accs[m][k]} = {v.fma(f'x{m}', 'w', accs[m][k])};")
-            lines.append(f"{ind_}    }}")
+        lines += _fmas(v, accs, lambda k: f"{v.p}_set1_ps({at(k)})", ind_ + "    ")
         return lines + [f"{ind_}}}"]
 
     out.append(f"{i4}int i = 0;")
