@@ -143,6 +143,22 @@ def test_tuner_honours_frozen_knobs_and_exploration_then_releases(exp_repo):
     assert any((k["simd"], k["rows"], k["tile"]) != ("avx2", 4, "3x8") for k in free)
 
 
+def test_tuner_starts_at_the_template_defaults_once(exp_repo, monkeypatch):
+    """A template's DEFAULTS are the first proposal, and not proposed again; a run that
+    already measured them (its warm start from earlier attempts) starts elsewhere."""
+    exp = experiment_mod.load(exp_repo("linear", cases=["small_nobias"]))
+    tuner = TunerProposer(exp, seed=5)
+    defaults = {k: tuner.template.DEFAULTS[k] for k in exp.knobs}
+    first = tuner.propose("")
+    assert first.meta["knobs"] == defaults
+    tuner.observe(first, Feedback(status="accepted_best", score=1.0))
+    assert all(tuner.propose("").meta["knobs"] != defaults for _ in range(5))
+    earlier = [{"meta": {"knobs": defaults}, "score": 1.0}]
+    monkeypatch.setattr("ratchetloop.proposers.tuner.attempts", lambda root: earlier)
+    resumed = TunerProposer(exp, seed=5)
+    assert resumed.propose("").meta["knobs"] != defaults
+
+
 def test_tuner_releases_a_freeze_whose_space_is_used_up(exp_repo):
     exp = experiment_mod.load(exp_repo("fib"))
     tuner = TunerProposer(exp)

@@ -65,6 +65,7 @@ class TunerProposer(BaseProposer):
         self.exploration = 0.0
         self.rng = random.Random(seed)
         self._warm_start()
+        self._start_at_defaults()
 
     def _key(self, params: dict[str, Any]) -> str:
         return json.dumps(params, sort_keys=True)
@@ -79,6 +80,18 @@ class TunerProposer(BaseProposer):
                 continue
             score = a.get("score")
             self._tell_known(params, score if isinstance(score, int | float) else None)
+
+    def _start_at_defaults(self) -> None:
+        """The template's DEFAULTS (its author's best-known combination), when it declares
+        them and they were never tried, are the first proposal: a run starts from the
+        known-good kernel, and TPE searches around what it measured."""
+        defaults = getattr(self.template, "DEFAULTS", None)
+        if not isinstance(defaults, dict):
+            return
+        start = {k: defaults.get(k) for k in self.space}
+        if all(start[k] in self.experiment.knobs[k] for k in start) and \
+                self._key(start) not in self.tried:
+            self.study.enqueue_trial(start)
 
     def _tell_known(self, params: dict[str, Any], score: float | None) -> None:
         key = self._key(params)
