@@ -137,15 +137,15 @@ def assert_has_content(pixels: np.ndarray) -> None:
 
 @pytest.fixture(scope="module")
 def linear(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
-    """A real 8-iteration tuner run on linear (two cases, small acceptance budget), then
+    """A real 5-iteration tuner run on linear (two cases, small acceptance budget), then
     the real `ratchet report ... --open` process; $BROWSER records what it was asked to open."""
     root = tmp_path_factory.mktemp("report_linear")
     folder = make_exp_repo(root, "linear", cases=["small_nobias", "attnproj_bt4"])
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("RATCHET_BENCH_LOCK", str(root / "bench.lock"))
         exp = experiment_mod.load(folder)
-        summary = run_loop(exp, TunerProposer(exp), Options(iterations=8, drift_every=0))
-    assert len(summary.outcomes) == 8, summary.stop_reason
+        summary = run_loop(exp, TunerProposer(exp), Options(iterations=5, drift_every=0))
+    assert len(summary.outcomes) == 5, summary.stop_reason
     opener = root / "browser.sh"
     opener.write_text(f'#!/bin/sh\nprintf %s "$1" > {root / "opened.txt"}\n')
     opener.chmod(0o755)
@@ -202,7 +202,7 @@ def test_linear_report_opens_in_chromium_with_every_panel(linear, tmp_path) -> N
     assert (root / "opened.txt").read_text() == page.resolve().as_uri()  # --open
     scores = json.loads((folder / "SCORES.json").read_text())
     attempts = len(list((folder / "runs").glob("*/attempt.json")))
-    assert attempts == 8 and scores["rows"], "the tuner found no winner in 8 iterations"
+    assert attempts == 5 and scores["rows"], "the tuner found no winner in 5 iterations"
     dom, text, pixels = rendered(page, tmp_path, "report-linear")
     failed = scores["counts"]["failed"] > 0
     assert_every_panel(dom, attempts, len(scores["rows"]), failures=failed)
