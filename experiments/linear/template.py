@@ -288,9 +288,9 @@ def _outer(v: _Vec, MV: int, NR: int, kc: int, bts: tuple[int, int], ind: str) -
         f"{ind0}{{",
         f"{ind}const int kcs = {chunk};",
         f"{ind}const int npan = (BT + {MR - 1}) / {MR};",
-        # 64-byte aligned (the size is a multiple of 64: MR*4 is): no load splits a line
+        # 64-byte aligned, so no load splits a line (C11 wants the size a multiple of it)
         f"{ind}float* xt = BT >= {lo} && BT < {hi} ? (float*)aligned_alloc(64, "
-        f"sizeof(float) * (size_t)npan * {MR} * (size_t)kcs) : NULL;",
+        f"(sizeof(float) * (size_t)npan * {MR} * (size_t)kcs + 63) / 64 * 64) : NULL;",
         f"{ind}if (xt != NULL) {{",
         *([f"{i1}float tile[{NR}][{U}] __attribute__((aligned(64)));",
            f"{i1}const size_t opaque = (size_t)(C < 0) * 64; /* 0: C >= 1 */"]
