@@ -490,10 +490,16 @@ def test_ctrl_c_while_the_writer_waits_for_the_guard_leaves_it_held() -> None:
                     time.sleep(0.001)
                     state, switches = thread_state(main.native_id or 0)
                 signal.pthread_kill(main.ident or 0, signal.SIGINT)
-                while not unwound.is_set():  # it unwound, or it waits for the guard again
+                # it unwound, or it blocked again (one more voluntary switch: waiting for
+                # the guard, or for the GIL on its way there); waiting for two more hung
+                # when the signal woke it straight back into one wait
+                deadline = time.monotonic() + 30
+                while not unwound.is_set():
                     state, now = thread_state(main.native_id or 0)
-                    if state == "S" and now > switches + 1:
+                    if state == "S" and now > switches:
                         break
+                    if time.monotonic() > deadline:
+                        raise TimeoutError("the writer neither unwound nor waited again")
                     time.sleep(0.001)
         except BaseException as exc:  # noqa: BLE001 - reported by the test
             errors.append(exc)
