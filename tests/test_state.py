@@ -138,3 +138,17 @@ def test_atomic_writes_keep_permissions_like_a_plain_write(tmp_path: Path) -> No
     script.chmod(0o751)
     atomic_write_text(script, "new", durable=False)
     assert script.stat().st_mode & 0o777 == 0o751 and script.read_text() == "new"
+
+
+def test_winner_recorded_in_scores_but_not_in_memory_is_remembered(fib: Path) -> None:
+    """A run killed between the SCORES write and the MEMORY write: the next run's memory
+    knows the winner again (from its commit), so the same code is a duplicate."""
+    summary = run(fib, [reply(ITERATIVE, "iterate")])
+    sha = summary.outcomes[0].commit
+    mem = json.loads((fib / "MEMORY.json").read_text())
+    mem["seen"] = {k: v for k, v in mem["seen"].items() if not v.startswith("accepted")}
+    (fib / "MEMORY.json").write_text(json.dumps(mem))
+    summary = run(fib, [reply(ITERATIVE, "iterate again")])
+    assert summary.outcomes[0].status == "duplicate"
+    seen = json.loads((fib / "MEMORY.json").read_text())["seen"].values()
+    assert f"accepted {sha}" in seen

@@ -487,8 +487,20 @@ def reconcile_with_git(s: Session) -> None:
         s.scores.last_iteration = max(s.scores.last_iteration, row.iteration)
         s.unrecorded.append(sha)
         restored += 1
+    # a run killed between the SCORES write and the MEMORY write (record_attempt saves
+    # them in that order) has the row but not the memory of it
+    remembered = set(s.memory.seen.values())
+    repaired = 0
+    for row in s.scores.rows:
+        if f"accepted {row.commit}" not in remembered:
+            kept = gitops.show_file(s.repo, row.commit, s.exp.candidate_path)
+            if kept:
+                s.memory.seen[fingerprint(kept, s.exp.target.language)] = \
+                    f"accepted {row.commit}"
+                repaired += 1
     if restored:
         s.reporter.message(f"restored {restored} accepted winner(s) from git history")
+    if restored or repaired:
         save_state(s)
 
 
