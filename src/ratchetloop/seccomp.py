@@ -56,6 +56,7 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
+import signal
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -427,13 +428,22 @@ def available(rules: Sequence[Rule] | None = None) -> bool:
     except ValueError:
         return False
     libc = _libc()  # dlopen before fork: the child must not take the loader's locks
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - child
-        code = 1
-        try:
-            install(program, libc)
-            code = 0
-        finally:
-            os._exit(code)
+    # SIGINT blocked across the fork: a Ctrl-C to the process group must not land in the
+    # child's Python at-fork hooks (random reseeds there), which print a traceback for it;
+    # the parent takes a pending one when it unblocks
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    pid = -1
+    try:
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - child
+            code = 1
+            try:
+                install(program, libc)
+                code = 0
+            finally:
+                os._exit(code)
+    finally:
+        if pid != 0:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
     _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status) == 0
